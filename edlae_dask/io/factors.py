@@ -1,0 +1,263 @@
+"""The factor store: published versions of the trained factors ``U, V``.
+
+Layout (a directory; each version a zarr v3 group)::
+
+    FACTORS/
+      LATEST                      name of the newest complete version (replaced atomically)
+      versions/<version>/         zarr v3 group
+        U, V                      (n_items, k), row-chunked
+        item_ids                  (n_items,)  original item ids
+        eigenvalues               (k,)        eigenvalues of BᵀPB for the columns of V
+        ritz_residuals            (k,)        ‖M v − θ v‖ / θ of each eigenpair
+        attrs: format, format_version, k, lam, p, dtype, interactions fingerprint,
+               created, code_version, timings, ..., complete (written last)
+
+A version is written in full under a temporary name, renamed into ``versions/``
+and only then named in ``LATEST``; so a reader sees the previous complete version
+or the new complete one, never a partial one. Old versions beyond ``keep`` are
+pruned after the publish.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from edlae_dask._version import __version__
+from edlae_dask.errors import OutputExistsError, StoreFormatError
+
+FORMAT_NAME = "edlae-dask/factors"
+FORMAT_VERSION = 1
+_LATEST = "LATEST"
+_VERSIONS = "versions"
+
+
+def is_factor_store(path) -> bool:
+    p = Path(path)
+    return (p / _LATEST).is_file() or (p / _VERSIONS).is_dir()
+
+
+def _new_version_name() -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"v{now}-{secrets.token_hex(3)}"
+
+
+def _check_plain_array(arr, where: str) -> None:
+    if arr.dtype == object or arr.dtype.kind not in "biufU":
+        raise StoreFormatError(
+            f"{where} has dtype {arr.dtype}; the factor store holds only numeric and fixed-width string "
+            "arrays (nothing pickled or object-typed is ever loaded). The store is not ours or was tampered with."
+        )
+
+
+class FactorWriter:
+    """Writes one new version of a factor store; :meth:`commit` publishes it.
+
+    Use as a context manager: leaving the block with an exception removes the
+    partial version, and nothing is published.
+    """
+
+    def __init__(self, path, *, overwrite: bool = False, keep: int = 3):
+        self.root = Path(path)
+        if self.root.exists():
+            if is_factor_store(self.root):
+                if not overwrite:
+                    raise OutputExistsError(
+                        f"{self.root} already holds a factor store; pass --overwrite (overwrite=True) to publish "
+                        "a new version into it (the previous versions stay readable until pruned), "
+                        "or choose another --out"
+                    )
+            elif self.root.is_file() or any(self.root.iterdir()):
+                raise OutputExistsError(
+                    f"{self.root} exists and is not an edlae-dask factor store; refusing to write into it. "
+                    "Choose another --out or remove it yourself."
+                )
+        self.keep = keep
+        self.version = _new_version_name()
+        (self.root / _VERSIONS).mkdir(parents=True, exist_ok=True)
+        self.tmp = self.root / _VERSIONS / f".tmp-{self.version}"
+        self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        self.committed = False
+
+    @property
+    def url(self) -> str:
+        """Where arrays of this version are written (a zarr group path)."""
+        return str(self.tmp)
+
+    def write_array(self, name: str, x, *, chunks=None, compute: bool = True):
+        """Write a numpy or dask array ``x`` as ``name``; dask arrays are written by the workers."""
+        if isinstance(x, da.Array):
+            # zarr chunks = the dask row blocks (the last one may be short), so every
+            # task writes whole chunks and no two tasks touch one chunk
+            zchunks = tuple(c[0] for c in x.chunks)
+            arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=zchunks)
+            return da.store(x, arr, lock=False, compute=compute)
+        x = np.asarray(x)
+        arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=chunks or x.shape or None)
+        arr[...] = x
+        return None
+
+    def commit(self, attrs: dict) -> str:
+        """Set the attributes, mark complete, move into place and name it in LATEST."""
+        meta = dict(attrs)
+        meta.update(
+            format=FORMAT_NAME,
+            format_version=FORMAT_VERSION,
+            version=self.version,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
+            code_version=__version__,
+        )
+        self.group.attrs.update(meta)
+        self.group.attrs["complete"] = True
+        final = self.root / _VERSIONS / self.version
+        os.rename(self.tmp, final)
+        _fsync_dir(final.parent)
+        latest_tmp = self.root / f".{_LATEST}.{self.version}"
+        latest_tmp.write_text(self.version + "\n")
+        os.replace(latest_tmp, self.root / _LATEST)
+        _fsync_dir(self.root)
+        self.committed = True
+        self._prune()
+        return self.version
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _prune(self) -> None:
+        versions = sorted(p.name for p in (self.root / _VERSIONS).iterdir() if p.name.startswith("v"))
+        for old in versions[: max(0, len(versions) - self.keep)]:
+            shutil.rmtree(self.root / _VERSIONS / old, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.committed:
+            self.abort()
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Factors:
+    """One published version of a factor store.
+
+    Attributes
+    ----------
+    U, V : dask.array.Array of shape (n_items, k)
+        Lazily read from the store (``.compute()`` or :meth:`load` for numpy).
+        Scores of a user row x are ``(x @ U) @ V.T`` (eq. 16–17).
+    item_ids : numpy.ndarray of shape (n_items,)
+    eigenvalues : numpy.ndarray of shape (k,)
+    meta : dict
+        The version's attributes (k, lam, p, dtype, fingerprints, timings, ...).
+    """
+
+    path: str
+    version: str
+    U: da.Array = field(repr=False)
+    V: da.Array = field(repr=False)
+    item_ids: np.ndarray = field(repr=False)
+    eigenvalues: np.ndarray = field(repr=False)
+    meta: dict = field(repr=False)
+
+    @property
+    def k(self) -> int:
+        return int(self.meta["k"])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.U.shape[0])
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(U, V)`` as numpy arrays."""
+        return np.asarray(self.U.compute(scheduler="threads")), np.asarray(self.V.compute(scheduler="threads"))
+
+
+def list_versions(path) -> list[str]:
+    root = Path(path) / _VERSIONS
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("v"))
+
+
+def open_factors(path, version: str | None = None) -> Factors:
+    """Open the latest (or a given) complete version of the factor store at ``path``.
+
+    Raises
+    ------
+    StoreFormatError
+        If there is no factor store, the version is incomplete, or its format
+        name or version is not the one this code reads.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise StoreFormatError(f"no factor store at {root}: train one with `edlae-dask train --out {root}`")
+    if version is None:
+        latest = root / _LATEST
+        if not latest.is_file():
+            raise StoreFormatError(
+                f"{root} has no complete factor version (no {_LATEST} file): it is not a factor store, or no "
+                "training run has published into it yet"
+            )
+        version = latest.read_text().strip()
+    vpath = root / _VERSIONS / version
+    try:
+        group = zarr.open_group(str(vpath), mode="r", zarr_format=3)
+    except Exception as exc:  # zarr raises several types for "not a group here"
+        raise StoreFormatError(f"factor version {version!r} at {vpath} cannot be opened as a zarr v3 group: {exc}") from exc
+    attrs = dict(group.attrs)
+    if attrs.get("format") != FORMAT_NAME:
+        raise StoreFormatError(
+            f"{vpath} is not an edlae-dask factor store (format {attrs.get('format')!r}, expected {FORMAT_NAME!r})"
+        )
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{vpath} has factor-store format version {attrs.get('format_version')!r}; this edlae-dask "
+            f"({__version__}) reads version {FORMAT_VERSION}. Retrain with this version, or use the edlae-dask "
+            "that wrote it."
+        )
+    if attrs.get("complete") is not True:
+        raise StoreFormatError(f"factor version {vpath} is incomplete (its publish did not finish): retrain")
+    arrays = {}
+    for name in ("U", "V", "item_ids", "eigenvalues"):
+        if name not in group:
+            raise StoreFormatError(f"factor version {vpath} lacks the array {name!r}: the store is damaged; retrain")
+        arrays[name] = group[name]
+        _check_plain_array(arrays[name], f"{vpath}/{name}")
+    U, V = arrays["U"], arrays["V"]
+    k, n = attrs.get("k"), arrays["item_ids"].shape[0]
+    if U.shape != V.shape or U.shape != (n, k) or arrays["eigenvalues"].shape != (k,):
+        raise StoreFormatError(
+            f"factor version {vpath} is inconsistent: U {U.shape}, V {V.shape}, item_ids ({n},), "
+            f"eigenvalues {arrays['eigenvalues'].shape}, k={k}"
+        )
+    return Factors(
+        path=str(root),
+        version=version,
+        U=da.from_zarr(U),
+        V=da.from_zarr(V),
+        item_ids=arrays["item_ids"][...],
+        eigenvalues=arrays["eigenvalues"][...],
+        meta=attrs,
+    )
