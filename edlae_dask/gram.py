@@ -1,0 +1,133 @@
+"""Stage ``gram``: G = XᵀX as a Dask graph over the interaction shards.
+
+Each shard task reads one user shard (CSR) from the interaction store. For every
+pair of item blocks (i, j) with i >= j, a task forms the dense block
+``Σ_s X_s[:, I]ᵀ · X_s[:, J]`` over a group of ``split_every`` shards, and the
+groups are summed by a tree reduction (``split_every`` at a time). Upper blocks
+are transposes of lower ones. No task holds more than ``split_every`` shards and
+the one block it produces, so the n x n matrix never has to fit on one worker.
+
+Costs: the sparse products take Σ_u d_u² operations (d_u: interactions of user u);
+the result is n²·itemsize bytes spread over the workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import dask.array as da
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from edlae_dask.io.interactions import InteractionStore, read_shard
+
+
+def item_blocks(n_items: int, block_size: int) -> tuple[int, ...]:
+    """Chunk sizes of ``n_items`` in blocks of ``block_size`` (the last one ragged)."""
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    full, rest = divmod(n_items, block_size)
+    return (block_size,) * full + ((rest,) if rest else ())
+
+
+def _load_shard_blocks(path: str, s: int, bounds: tuple[int, ...], dtype) -> tuple[list, list]:
+    """Read shard ``s`` and split it into item blocks: (Xᵀ row blocks, X column blocks)."""
+    x = read_shard(path, s).astype(dtype, copy=False)
+    xt = x.T.tocsr()  # items x users: row slices of it are Xᵀ_I
+    xc = x.tocsc()
+    left = [xt[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    right = [xc[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return left, right
+
+
+def _gram_block_part(i: int, j: int, *shard_blocks: tuple[list, list]) -> np.ndarray:
+    """Σ over the given shards of X_s[:, I]ᵀ · X_s[:, J], as a dense block."""
+    out = None
+    for left, right in shard_blocks:
+        prod = left[i] @ right[j]
+        prod = prod.toarray() if hasattr(prod, "toarray") else np.asarray(prod)
+        if out is None:
+            out = prod
+        else:
+            out += prod
+    return out
+
+
+def _sum_blocks(*parts: np.ndarray) -> np.ndarray:
+    out = parts[0].copy()
+    for p in parts[1:]:
+        out += p
+    return out
+
+
+def symmetric_from_lower(name: str, dsk: dict, lower: dict, chunks: tuple[int, ...], dtype, dependencies=()) -> da.Array:
+    """Dask array of a symmetric matrix given the tasks of its lower blocks.
+
+    ``dsk`` holds the tasks the lower blocks need; ``lower`` maps (i, j) with i >= j
+    to the key (or task) of that block. Blocks above the diagonal are transposes of
+    the ones below (views: no copy on the worker holding them).
+    """
+    dsk = dict(dsk)
+    nb = len(chunks)
+    for i in range(nb):
+        for j in range(nb):
+            dsk[(name, i, j)] = lower[(i, j)] if i >= j else (np.transpose, (name, j, i))
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=list(dependencies))
+    return da.Array(graph, name, chunks=(chunks, chunks), dtype=dtype)
+
+
+def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_every: int = 4) -> da.Array:
+    """XᵀX of the interaction matrix, as a symmetric block dask array.
+
+    Parameters
+    ----------
+    store : InteractionStore
+        The opened interaction store (users x items, sharded by user range).
+    block_size : int
+        Side of the square item blocks; the last block is ragged.
+    dtype : numpy dtype, default=float32
+        Dtype of the product (X is cast before multiplying).
+    split_every : int, default=4
+        Fan-in of the tree reduction over shards.
+
+    Returns
+    -------
+    G : dask.array.Array of shape (n_items, n_items)
+        Chunks ``(item_blocks(n_items, block_size),) * 2``.
+    """
+    dtype = np.dtype(dtype)
+    chunks = item_blocks(store.n_items, block_size)
+    bounds = tuple(np.concatenate([[0], np.cumsum(chunks)]).tolist())
+    nb = len(chunks)
+    token = tokenize(store.path, store.fingerprint, block_size, dtype.str, split_every)
+    load_name = f"edlae-gram-shard-{token}"
+    part_name = f"edlae-gram-part-{token}"
+    sum_name = f"edlae-gram-sum-{token}"
+    name = f"edlae-gram-{token}"
+    shards = [s for s in range(store.n_shards) if store.shard_offsets[s + 1] > store.shard_offsets[s]]
+    if not shards:
+        raise ValueError(f"interaction store {store.path} holds no users")
+
+    dsk: dict = {}
+    for s in shards:
+        dsk[(load_name, s)] = (_load_shard_blocks, store.path, s, bounds, dtype)
+    lower = {}
+    for i in range(nb):
+        for j in range(i + 1):
+            # the first level multiplies and sums split_every shards in one task, so
+            # no more than one dense block per group of shards is ever held
+            keys = []
+            for g in range(0, len(shards), split_every):
+                key = (part_name, g, i, j)
+                dsk[key] = (_gram_block_part, i, j, *[(load_name, s) for s in shards[g : g + split_every]])
+                keys.append(key)
+            level = 0
+            while len(keys) > 1:  # tree reduction over shards
+                nxt = []
+                for g in range(0, len(keys), split_every):
+                    key = (sum_name, level, g, i, j)
+                    dsk[key] = (_sum_blocks, *keys[g : g + split_every])
+                    nxt.append(key)
+                keys, level = nxt, level + 1
+            lower[(i, j)] = keys[0]
+    return symmetric_from_lower(name, dsk, lower, chunks, dtype)
+

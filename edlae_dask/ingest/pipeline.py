@@ -1,0 +1,549 @@
+"""Ingest raw interaction files into an interaction store, out of core.
+
+The pipeline, for files of any size:
+
+1. **Read** (:mod:`edlae_dask.ingest.readers`): stream chunks of ``chunk_rows``
+   rows, validate, keep rows with ``value >= min_value``, map ids to integer
+   codes with growing dictionaries (users in order of first appearance) and
+   append the ``(user, item)`` code pairs to on-disk bucket files, one per range
+   of ``BUCKET_USERS`` user codes.
+2. **Dedupe** each bucket (all rows of a user are in one bucket, so this is
+   exact) and count distinct users per item.
+3. **Filter** items with fewer than ``min_item_interactions`` users, then users
+   with fewer than ``min_user_interactions`` of the remaining items: one pass
+   each, in that order, as Liang et al. (2018) do. Items left without any
+   interaction after the user filter are dropped too (an empty column would make
+   ``P = G + Λ`` singular when λ = 0).
+4. **Write**: items are numbered in sorted order of their original ids (numeric
+   order for integer ids), users keep their first-appearance order; buckets are
+   turned into CSR rows and streamed, ``shard_size`` users at a time, into
+   :func:`~edlae_dask.io.interactions.write_interactions_from_shards`.
+
+Memory is O(n_users + n_items) for the id maps plus one bucket; disk is about
+8 bytes per kept row in a temporary directory next to ``out`` (removed after).
+
+References
+----------
+Liang, Krishnan, Hoffman, Jebara. Variational Autoencoders for Collaborative
+Filtering. WWW 2018 (``filter_triplets`` in their preprocessing notebook).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from edlae_dask.errors import InputDataError, ParameterError
+from edlae_dask.ingest.readers import FORMATS, FilePlan, iter_chunks, plan_file, resolve_sources
+from edlae_dask.io.interactions import check_output_path, normalize_ids, write_interactions_from_shards
+
+__all__ = ["IngestReport", "ingest"]
+
+log = logging.getLogger("edlae_dask.ingest")
+
+# User codes per spill bucket. A bucket is the unit held in memory while
+# deduplicating and writing; 2**17 users at a few hundred rows each is ~100 MB.
+BUCKET_USERS = 1 << 17
+
+DROP_REASONS = ("below_min_value", "duplicate", "item_below_min_interactions", "user_below_min_interactions")
+
+
+@dataclasses.dataclass
+class IngestReport:
+    """What :func:`ingest` read, dropped and wrote.
+
+    Attributes
+    ----------
+    sources : list of str
+        Absolute paths of the files read, in order.
+    fmt : str
+        Format used.
+    fmt_reason : str
+        ``"given"``, or why auto-detection chose ``fmt``.
+    out : str
+        The interaction store written.
+    rows_read : int
+        Data rows read (blank lines not counted).
+    n_users, n_items, nnz : int
+        Shape and entries of the stored matrix.
+    dropped : dict of str to int
+        Rows dropped per reason (``below_min_value``, ``duplicate``,
+        ``item_below_min_interactions``, ``user_below_min_interactions``);
+        ``rows_read == nnz + sum(dropped.values())``.
+    n_shards : int
+    seconds : float
+        Wall time of the whole ingest.
+    fingerprint : str
+        The store's content fingerprint.
+    """
+
+    sources: list[str]
+    fmt: str
+    fmt_reason: str
+    out: str
+    rows_read: int
+    n_users: int
+    n_items: int
+    nnz: int
+    dropped: dict[str, int]
+    n_shards: int
+    seconds: float
+    fingerprint: str
+
+    def as_dict(self) -> dict:
+        """A JSON-serialisable dict of all fields."""
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        files = self.sources[0] if len(self.sources) == 1 else f"{len(self.sources)} files ({self.sources[0]}, ...)"
+        dropped = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in self.dropped.items() if v) or "none"
+        density = self.nnz / max(1, self.n_users * self.n_items)
+        return "\n".join(
+            [
+                f"ingested {files} as {self.fmt} ({self.fmt_reason}) in {self.seconds:.1f} s",
+                f"rows read {self.rows_read:,}; dropped: {dropped}",
+                f"store {self.out}: {self.n_users:,} users x {self.n_items:,} items, {self.nnz:,} interactions "
+                f"(density {density:.2e}), {self.n_shards} shards",
+                f"fingerprint {self.fingerprint[:16]}",
+            ]
+        )
+
+
+def ingest(
+    source,
+    out,
+    *,
+    fmt: str = "auto",
+    user_col: str = "user",
+    item_col: str = "item",
+    value_col: str | None = None,
+    min_value: float | None = None,
+    min_user_interactions: int = 1,
+    min_item_interactions: int = 1,
+    shard_size: int = 100_000,
+    chunk_rows: int = 1_000_000,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> IngestReport:
+    """Read raw interactions and write a binary interaction store.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, or list of them
+        A file, a glob (``"data/combined_data_*.txt"``) or a list of files.
+    out : str or os.PathLike
+        Interaction store directory to create.
+    fmt : {"auto", "csv", "parquet", "movielens-csv", "movielens-dat", "netflix", "msd"}, default="auto"
+        ``"auto"`` decides from the file name, extension and first line; the
+        report says what it chose. All files must have the same format.
+    user_col, item_col : str, default="user", "item"
+        Id columns of csv/parquet files (for movielens-csv the defaults mean
+        ``userId`` / ``movieId``). Ignored by the header-less formats.
+    value_col : str, optional
+        Value column of csv/parquet files; by default ``rating`` or ``value``
+        if present, else none.
+    min_value : float, optional
+        Keep rows with ``value >= min_value`` (requires a value column). Stored
+        values are always 1.0: the matrix is binary.
+    min_user_interactions, min_item_interactions : int, default=1
+        Minimum distinct items per user / users per item; items are filtered
+        first, then users (one pass each).
+    shard_size : int, default=100_000
+        Users per store shard.
+    chunk_rows : int, default=1_000_000
+        Rows read at a time; bounds the reading memory, not the result.
+    overwrite : bool, default=False
+        Replace an existing interaction store at ``out``.
+    progress : callable of str, optional
+        Called with progress lines (also logged at INFO on ``edlae_dask.ingest``).
+
+    Returns
+    -------
+    IngestReport
+
+    Raises
+    ------
+    InputDataError
+        Missing file, missing column, malformed line, missing id, non-numeric
+        or NaN value, empty input, or nothing left after filtering.
+    ParameterError
+        Unknown format or an out-of-range option.
+    OutputExistsError
+        ``out`` exists and ``overwrite`` is False (checked before reading).
+
+    Notes
+    -----
+    Duplicate ``(user, item)`` rows collapse to one entry. Memory is
+    O(n_users + n_items) plus one spill bucket; see the module docstring.
+    """
+    start = time.perf_counter()
+    _check_options(fmt, min_value, min_user_interactions, min_item_interactions, shard_size, chunk_rows)
+    files = resolve_sources(source)
+    out = check_output_path(out, overwrite=overwrite)
+    plans = [plan_file(f, fmt, user_col=user_col, item_col=item_col, value_col=value_col) for f in files]
+    fmt_used, fmt_reason = _common_format(plans, fmt)
+    if min_value is not None:
+        _require_values(plans, min_value)
+    say = _Progress(progress)
+    say(f"ingesting {len(files)} file(s) as {fmt_used} ({fmt_reason}) into {out}")
+
+    options = dict(user_col=user_col, item_col=item_col, value_col=value_col, min_value=min_value,
+                   min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
+                   shard_size=shard_size, chunk_rows=chunk_rows)
+    parent, name = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.ingest-", dir=parent) as tmp:
+        spill, users, items = _Spill(tmp, BUCKET_USERS), _IdMap(), _IdMap()
+        rows_read, below = _read_into_buckets(plans, chunk_rows, min_value, users, items, spill, say)
+        _check_not_empty(files, rows_read, below, min_value)
+        sel = _select(spill, users, items, min_user_interactions, min_item_interactions)
+        dropped = {"below_min_value": below, **sel.dropped}
+        say(f"read {rows_read:,} rows; writing {sel.user_ids.shape[0]:,} users x {sel.item_ids.shape[0]:,} items")
+        record = dict(files=files, format=fmt_used, format_reason=fmt_reason, options=options,
+                      columns=[[p.user_col, p.item_col, p.value_col] for p in plans],
+                      rows_read=rows_read, dropped=dropped)
+        store = write_interactions_from_shards(
+            out, _reshard(_bucket_matrices(spill, sel), shard_size), n_items=sel.item_ids.shape[0],
+            user_ids=sel.user_ids, item_ids=sel.item_ids, shard_size=shard_size, overwrite=overwrite, source=record,
+        )
+    report = IngestReport(
+        sources=files, fmt=fmt_used, fmt_reason=fmt_reason, out=store.path, rows_read=rows_read,
+        n_users=store.n_users, n_items=store.n_items, nnz=store.nnz, dropped=dropped, n_shards=store.n_shards,
+        seconds=time.perf_counter() - start, fingerprint=store.fingerprint,
+    )
+    for line in report.summary().splitlines():
+        say(line)
+    return report
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def _check_options(fmt, min_value, min_user, min_item, shard_size, chunk_rows) -> None:
+    if fmt not in ("auto", *FORMATS):
+        raise ParameterError(f"unknown format {fmt!r}; use one of auto, {', '.join(FORMATS)}")
+    for name, value, least in (
+        ("shard_size", shard_size, 1),
+        ("chunk_rows", chunk_rows, 1),
+        ("min_user_interactions", min_user, 1),
+        ("min_item_interactions", min_item, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ParameterError(
+                f"The {name!r} parameter of ingest must be an integer >= {least}. Got {value!r} instead."
+            )
+    if min_value is not None and (isinstance(min_value, bool) or not isinstance(min_value, (int, float, np.number))
+                                  or not math.isfinite(min_value)):
+        raise ParameterError(
+            f"The 'min_value' parameter of ingest must be a finite number or None. Got {min_value!r} instead."
+        )
+
+
+def _common_format(plans: list[FilePlan], fmt: str) -> tuple[str, str]:
+    found = sorted({p.fmt for p in plans})
+    if len(found) > 1:
+        listing = "; ".join(f"{p.path}: {p.fmt}" for p in plans)
+        raise ParameterError(
+            f"the source files have different formats ({listing}); ingest one format at a time or pass fmt="
+        )
+    return found[0], ("given" if fmt != "auto" else plans[0].detected)
+
+
+def _require_values(plans: list[FilePlan], min_value: float) -> None:
+    for p in plans:
+        if p.value_col is None:
+            raise ParameterError(
+                f"min_value={min_value} needs a value column, but {p.path} has none (no 'rating' or 'value' column); "
+                "name it with --value-col or drop --min-value"
+            )
+
+
+def _check_not_empty(files: list[str], rows_read: int, below: int, min_value) -> None:
+    if rows_read == 0:
+        raise InputDataError(f"{', '.join(files)}: no data rows (header only or blank); nothing to ingest")
+    if below == rows_read:
+        raise InputDataError(
+            f"nothing left after the min_value filter: all {rows_read:,} rows have a value below "
+            f"min_value={min_value}; lower --min-value"
+        )
+
+
+class _Progress:
+    """Sends each line to the log and to the optional callback."""
+
+    def __init__(self, callback: Callable[[str], None] | None):
+        self.callback = callback
+
+    def __call__(self, message: str) -> None:
+        log.info(message)
+        if self.callback is not None:
+            self.callback(message)
+
+
+# --------------------------------------------------------------- pass 1: read
+
+
+class _IdMap:
+    """Raw id -> dense code, codes in order of first appearance.
+
+    Keys are the ids as text, so an id read as the integer 7 from Parquet and
+    as "7" from CSV are the same id. Only the distinct ids of each chunk go
+    through the Python dict; the rows are mapped with numpy.
+    """
+
+    def __init__(self):
+        self._codes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def encode(self, ids: np.ndarray) -> np.ndarray:
+        """Codes of ``ids`` (shape (n,)), adding unseen ids at the end."""
+        local, uniques = pd.factorize(ids)  # uniques in order of first appearance
+        keys = [str(k) for k in uniques.tolist()]
+        table = self._codes
+        # setdefault evaluates len(table) before inserting: a new id gets the next code
+        glob = np.fromiter((table.setdefault(k, len(table)) for k in keys), dtype=np.int64, count=len(keys))
+        return glob[local]
+
+    def keys(self) -> np.ndarray:
+        """All ids as text, indexed by code; object array of shape (n_codes,)."""
+        return np.array(list(self._codes), dtype=object)
+
+
+class _Spill:
+    """Bucket files of ``(local user, item)`` int32 code pairs, one per user-code range."""
+
+    def __init__(self, root: str, bucket_users: int):
+        self.root = root
+        self.bucket_users = bucket_users
+        self.n_user_codes = 0
+
+    @property
+    def n_buckets(self) -> int:
+        return -(-self.n_user_codes // self.bucket_users)
+
+    def path(self, b: int, kind: str) -> str:
+        return os.path.join(self.root, f"{b:06d}.{kind}")
+
+    def rows_of(self, b: int) -> int:
+        """User codes in bucket ``b`` (the last bucket may be short)."""
+        return min(self.bucket_users, self.n_user_codes - b * self.bucket_users)
+
+    def add(self, ucodes: np.ndarray, icodes: np.ndarray) -> None:
+        """Append pairs; ``ucodes`` of shape (n,), ``icodes`` of shape (n,)."""
+        if ucodes.shape[0] == 0:
+            return
+        bucket = ucodes // self.bucket_users
+        order = np.argsort(bucket, kind="stable")
+        pairs = np.column_stack([ucodes - bucket * self.bucket_users, icodes])[order].astype("<i4")
+        sorted_buckets = bucket[order]
+        starts = np.flatnonzero(np.diff(sorted_buckets)) + 1
+        for b, part in zip(sorted_buckets[np.r_[0, starts]].tolist(), np.split(pairs, starts)):
+            with open(self.path(b, "pairs"), "ab") as f:
+                part.tofile(f)
+        self.n_user_codes = max(self.n_user_codes, int(ucodes.max()) + 1)
+
+    def load_pairs(self, b: int) -> np.ndarray:
+        """Pairs of bucket ``b``, int32 of shape (n, 2)."""
+        return np.fromfile(self.path(b, "pairs"), dtype="<i4").reshape(-1, 2)
+
+    def save_keys(self, b: int, keys: np.ndarray) -> None:
+        keys.astype("<i8").tofile(self.path(b, "keys"))
+        os.remove(self.path(b, "pairs"))
+
+    def load_keys(self, b: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+        """Deduped ``(local user, item)`` codes of bucket ``b``, sorted by user then item."""
+        keys = np.fromfile(self.path(b, "keys"), dtype="<i8")
+        return keys // n_items, keys % n_items
+
+
+def _read_into_buckets(
+    plans: list[FilePlan], chunk_rows: int, min_value, users: _IdMap, items: _IdMap, spill: _Spill, say
+) -> tuple[int, int]:
+    """Pass 1. Returns ``(rows read, rows below min_value)``."""
+    rows_read = below = 0
+    for plan in plans:
+        say(f"reading {plan.path}")
+        for chunk in iter_chunks(plan, chunk_rows):
+            n = len(chunk)
+            u, i = chunk.users, chunk.items
+            if min_value is not None:
+                keep = chunk.values >= min_value
+                below += n - int(keep.sum())
+                u, i = u[keep], i[keep]
+            spill.add(users.encode(u), items.encode(i))
+            rows_read += n
+            say(f"  {rows_read:,} rows read, {len(users):,} users, {len(items):,} items so far")
+    return rows_read, below
+
+
+# ------------------------------------------------------ pass 2 and 3: filter
+
+
+@dataclasses.dataclass
+class _Selection:
+    """Which user and item codes survive the filters, and where they go in the store."""
+
+    n_item_codes: int
+    keep_item: np.ndarray  # bool (n_item_codes,)
+    keep_user: np.ndarray  # bool (n_user_codes,)
+    new_item: np.ndarray  # int64 (n_item_codes,): store column of each item code, -1 if dropped
+    user_ids: np.ndarray  # (n_users,) stored ids, first-appearance order
+    item_ids: np.ndarray  # (n_items,) stored ids, sorted
+    dropped: dict[str, int]  # rows per reason: duplicate, item_below_..., user_below_...
+
+
+def _select(spill: _Spill, users: _IdMap, items: _IdMap, min_user: int, min_item: int) -> _Selection:
+    """Passes 2 and 3: dedupe, filter items then users, number the survivors."""
+    item_users, n_duplicates = _dedupe_buckets(spill, len(items))
+    keep_item = item_users >= min_item
+    if not keep_item.any():
+        raise InputDataError(
+            f"nothing left after the item filter: no item has min_item_interactions={min_item} "
+            f"distinct users (the most any item has is {item_users.max()}); lower --min-item-interactions"
+        )
+    keep_user, final_item_users, user_dropped = _filter_users(spill, len(items), keep_item, min_user)
+    if not keep_user.any():
+        raise InputDataError(
+            f"nothing left after the user filter: no user has min_user_interactions={min_user} "
+            "interactions with the items kept; lower --min-user-interactions (or --min-item-interactions)"
+        )
+    item_ids, new_item = _order_items(items.keys(), final_item_users > 0)
+    dropped = {
+        "duplicate": n_duplicates,
+        "item_below_min_interactions": int(item_users[~keep_item].sum()),
+        "user_below_min_interactions": user_dropped,
+    }
+    user_ids = normalize_ids(users.keys()[keep_user], what="user ids")
+    return _Selection(len(items), keep_item, keep_user, new_item, user_ids, item_ids, dropped)
+
+
+def _dedupe_buckets(spill: _Spill, n_items: int) -> tuple[np.ndarray, int]:
+    """Pass 2: dedupe each bucket in place.
+
+    Returns
+    -------
+    item_users : numpy.ndarray of shape (n_items,), int64
+        Distinct users per item code.
+    n_duplicates : int
+        Rows removed as repeats of a (user, item) pair.
+    """
+    item_users = np.zeros(n_items, dtype=np.int64)
+    n_duplicates = 0
+    for b in range(spill.n_buckets):
+        pairs = spill.load_pairs(b)
+        keys = _sorted_unique(pairs[:, 0].astype(np.int64) * n_items + pairs[:, 1])  # by user, then item
+        n_duplicates += pairs.shape[0] - keys.shape[0]
+        item_users += np.bincount(keys % n_items, minlength=n_items)
+        spill.save_keys(b, keys)
+    return item_users, n_duplicates
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting; numpy 2.3+'s default hash-based unique is ~50x slower on int64."""
+    keys = np.sort(keys)
+    if keys.shape[0] == 0:
+        return keys
+    keep = np.empty(keys.shape[0], dtype=bool)
+    keep[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+    return keys[keep]
+
+
+def _filter_users(
+    spill: _Spill, n_items: int, keep_item: np.ndarray, min_user: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pass 3: keep users with ``min_user`` kept items.
+
+    Returns
+    -------
+    keep_user : numpy.ndarray of shape (n_user_codes,), bool
+    final_item_users : numpy.ndarray of shape (n_items,), int64
+        Distinct kept users per item code, after both filters.
+    dropped : int
+        Rows of kept items that belonged to dropped users.
+    """
+    keep_user = np.zeros(spill.n_user_codes, dtype=bool)
+    final_item_users = np.zeros(n_items, dtype=np.int64)
+    dropped = 0
+    for b in range(spill.n_buckets):
+        u, i = spill.load_keys(b, n_items)
+        m = keep_item[i]
+        counts = np.bincount(u[m], minlength=spill.rows_of(b))
+        ok = counts >= min_user
+        keep_user[b * spill.bucket_users : b * spill.bucket_users + ok.shape[0]] = ok
+        dropped += int(counts[~ok].sum())
+        final_item_users += np.bincount(i[m & ok[u]], minlength=n_items)
+    return keep_user, final_item_users, dropped
+
+
+def _order_items(keys: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number kept items in sorted order of their ids (numeric for integer ids).
+
+    Returns
+    -------
+    item_ids : numpy.ndarray of shape (n_kept,), int64 or unicode
+    new_index : numpy.ndarray of shape (n_item_codes,), int64
+        Column of each item code, -1 for dropped items.
+    """
+    codes = np.flatnonzero(kept)
+    ids = normalize_ids(keys[codes], what="item ids")
+    order = np.argsort(ids, kind="stable")
+    new_index = np.full(keys.shape[0], -1, dtype=np.int64)
+    new_index[codes[order]] = np.arange(codes.shape[0])
+    return ids[order], new_index
+
+
+# ------------------------------------------------------------- pass 4: write
+
+
+def _bucket_matrices(spill: _Spill, sel: _Selection) -> Iterator[sp.csr_matrix]:
+    """Pass 4: each bucket's kept users as binary CSR of shape (kept users in bucket, n_items)."""
+    n_codes, n_items = sel.n_item_codes, sel.item_ids.shape[0]
+    for b in range(spill.n_buckets):
+        lo = b * spill.bucket_users
+        local_keep = sel.keep_user[lo : lo + spill.rows_of(b)]
+        n_rows = int(local_keep.sum())
+        if n_rows == 0:
+            continue
+        u, i = spill.load_keys(b, n_codes)
+        m = sel.keep_item[i] & local_keep[u]
+        rows = (np.cumsum(local_keep) - 1)[u[m]]
+        # new item numbers are not in code order: re-sort by (row, new item) through one int64 key
+        key = np.sort(rows * n_items + sel.new_item[i[m]])
+        rows, cols = key // n_items, (key % n_items).astype(np.int32)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+        data = np.ones(cols.shape[0], dtype=np.float32)
+        yield sp.csr_matrix((data, cols, indptr), shape=(n_rows, n_items))
+
+
+def _reshard(mats: Iterator[sp.csr_matrix], shard_size: int) -> Iterator[sp.csr_matrix]:
+    """Regroup consecutive CSR row blocks into blocks of exactly ``shard_size`` rows (the last may be short)."""
+    pending: list[sp.csr_matrix] = []
+    n_pending = 0
+    for m in mats:
+        pending.append(m)
+        n_pending += m.shape[0]
+        if n_pending < shard_size:
+            continue
+        block = sp.vstack(pending, format="csr")
+        start = 0
+        while block.shape[0] - start >= shard_size:
+            yield block[start : start + shard_size]
+            start += shard_size
+        rest = block[start:]
+        pending, n_pending = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+    if n_pending:
+        yield sp.vstack(pending, format="csr")

@@ -1,0 +1,690 @@
+"""The interaction store: a users × items CSR matrix, sharded by user range.
+
+This module is the only code that reads or writes this store. Layout (a zarr v3
+group in a local directory)::
+
+    STORE/
+      attrs: format, format_version, n_users, n_items, nnz, n_shards, shard_size,
+             fingerprint, created, code_version, source, complete (written last)
+      shard_offsets          int64 (n_shards + 1,)  shard s holds users offsets[s]:offsets[s+1]
+      shards/00000/indptr    int64 (users in shard + 1,)  local, starts at 0
+      shards/00000/indices   int32 (nnz of shard,)        item index, sorted and unique per row
+      shards/00000/values    float32 (nnz of shard,)
+      shards/00001/...       (each array one chunk: a worker reads one shard and nothing else)
+      user_ids, item_ids     int64 or fixed-width unicode '<U{maxlen}' (never object)
+      item_counts            int64 (n_items,)  stored entries per item
+
+A store is published atomically: it is written under a temporary sibling name,
+marked complete last and renamed into place, so a reader finds a complete store
+or none.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import zarr
+
+from edlae_dask._version import __version__
+from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError, StoreFormatError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "InteractionStore",
+    "normalize_ids",
+    "check_output_path",
+    "open_interactions",
+    "read_shard",
+    "write_interactions",
+    "write_interactions_from_shards",
+]
+
+FORMAT_NAME = "edlae-dask/interactions"
+FORMAT_VERSION = 1
+
+_REQUIRED_INT_ATTRS = ("n_users", "n_items", "nnz", "n_shards", "shard_size")
+_SHARD_DTYPES = {"indptr": np.dtype("<i8"), "indices": np.dtype("<i4"), "values": np.dtype("<f4")}
+# id arrays are chunked so one chunk stays a few MB whatever the catalogue size
+_ID_CHUNK = 1 << 18
+
+try:  # zarr marks fixed-width unicode as "no v3 spec yet"; we accept that, see _write_1d
+    from zarr.errors import UnstableSpecificationWarning as _UnstableSpecWarning
+except ImportError:  # pragma: no cover - older zarr
+    _UnstableSpecWarning = UserWarning
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def normalize_ids(ids, *, n: int | None = None, what: str = "ids") -> np.ndarray:
+    """Return ids in their stored form: int64, or fixed-width unicode.
+
+    Parameters
+    ----------
+    ids : array-like of shape (n,)
+        Integers, or strings (an object array of ``str``/``int`` is accepted).
+    n : int, optional
+        Required length.
+    what : str, default="ids"
+        Name used in error messages (``"user_ids"``, ``"item_ids"``).
+
+    Returns
+    -------
+    numpy.ndarray of shape (n,)
+        ``int64`` if the ids are integers or every id is a canonical integer
+        string (``str(int(x)) == x``: ``"7"`` but not ``"007"`` or ``"+7"``),
+        else ``'<U{maxlen}'``. Never object dtype.
+
+    Raises
+    ------
+    InputDataError
+        Wrong length or ndim, missing or empty ids, float/bool ids, duplicates.
+    """
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise InputDataError(f"{what} must be one-dimensional; got shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise InputDataError(f"{what} has {arr.shape[0]} entries but the matrix has {n}; pass one id per row/column")
+    out = _ids_as_int64_or_unicode(arr, what)
+    _check_unique(out, what)
+    return out
+
+
+def _ids_as_int64_or_unicode(arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.dtype.kind in "iu":
+        if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+            raise InputDataError(f"{what} holds integers above int64 range; pass them as strings")
+        return arr.astype("<i8")
+    if arr.dtype.kind not in "OUS":
+        raise InputDataError(f"{what} must be integers or strings; found dtype {arr.dtype}")
+    if arr.dtype.kind == "O":
+        bad = [x for x in arr if not isinstance(x, (str, int, np.integer)) or isinstance(x, bool)][:1]
+        if bad:
+            bad = bad[0]
+            raise InputDataError(f"{what} must be integers or strings; found {bad!r} ({type(bad).__name__})")
+    text = arr.astype(np.str_) if arr.dtype.kind != "S" else np.char.decode(arr, "utf-8")
+    if text.size and (np.char.str_len(text) == 0).any():
+        first = int(np.flatnonzero(np.char.str_len(text) == 0)[0])
+        raise InputDataError(f"{what}[{first}] is an empty string; every id must be non-empty")
+    as_int = _canonical_int64(text)
+    return as_int if as_int is not None else text
+
+
+def _canonical_int64(text: np.ndarray) -> np.ndarray | None:
+    """int64 of ``text`` if every entry is a canonical integer string, else None."""
+    if text.size == 0:
+        return np.zeros(0, dtype="<i8")
+    try:
+        as_int = text.astype("<i8")
+    except (ValueError, OverflowError):
+        return None
+    # the round trip rejects "007", "+7", " 7", "-0" and non-ASCII digits exactly like str(int(x)) == x
+    return as_int if bool((as_int.astype(np.str_) == text).all()) else None
+
+
+def _check_unique(ids: np.ndarray, what: str) -> None:
+    uniq, counts = np.unique(ids, return_counts=True)
+    if uniq.shape[0] != ids.shape[0]:
+        dup = uniq[counts > 1]
+        raise InputDataError(
+            f"{what} must be unique; {dup.shape[0]} ids occur more than once (e.g. {dup[0]!r}); "
+            "merge those rows/columns first"
+        )
+
+
+# ------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class InteractionStore:
+    """A handle on a complete, validated interaction store (no arrays held; picklable).
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the store directory.
+    n_users, n_items, nnz : int
+        Shape and number of stored entries of the matrix X of shape (n_users, n_items).
+    shard_offsets : tuple of int, of length n_shards + 1
+        Shard s holds users ``shard_offsets[s]:shard_offsets[s + 1]``.
+    fingerprint : str
+        sha256 hex of the matrix and the ids (independent of the sharding).
+    attrs : dict
+        All group attributes, including ``source`` (how the store was made).
+    """
+
+    path: str
+    n_users: int
+    n_items: int
+    nnz: int
+    shard_offsets: tuple[int, ...]
+    fingerprint: str
+    attrs: dict = field(repr=False, compare=False, hash=False)
+
+    @property
+    def n_shards(self) -> int:
+        """Number of user shards."""
+        return len(self.shard_offsets) - 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_users, n_items)``."""
+        return (self.n_users, self.n_items)
+
+    def read_shard(self, s: int) -> sp.csr_matrix:
+        """Shard ``s`` as a float32 CSR of shape (users in shard, n_items); see :func:`read_shard`."""
+        return read_shard(self.path, s)
+
+    def user_ids(self) -> np.ndarray:
+        """Original user ids, of shape (n_users,), int64 or unicode."""
+        return self._read_1d("user_ids", self.n_users)
+
+    def item_ids(self) -> np.ndarray:
+        """Original item ids, of shape (n_items,), int64 or unicode; column j of X is item_ids[j]."""
+        return self._read_1d("item_ids", self.n_items)
+
+    def item_counts(self) -> np.ndarray:
+        """Stored entries per item, int64 of shape (n_items,) (= diag of XᵀX for binary X)."""
+        return self._read_1d("item_counts", self.n_items)
+
+    def to_scipy(self) -> sp.csr_matrix:
+        """The whole matrix, float32 CSR of shape (n_users, n_items). Loads everything: tests and small data."""
+        shards = [self.read_shard(s) for s in range(self.n_shards)]
+        return sp.vstack(shards, format="csr", dtype=np.float32)
+
+    def _read_1d(self, name: str, length: int) -> np.ndarray:
+        arr = _get_array(_open_group(self.path), name, self.path)
+        _check_no_object_dtype(arr, name, self.path)
+        out = arr[:]
+        if out.shape != (length,):
+            raise StoreFormatError(
+                f"{self.path}: {name} has shape {out.shape}, expected ({length},); re-ingest the data"
+            )
+        return out
+
+
+def open_interactions(path) -> InteractionStore:
+    """Open and validate an interaction store.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Store directory.
+
+    Returns
+    -------
+    InteractionStore
+
+    Raises
+    ------
+    StoreFormatError
+        The path is missing, not a zarr v3 group, not an interaction store, of
+        another ``format_version``, incomplete, or internally inconsistent
+        (shard offsets, id array lengths, object dtypes). The message names the
+        path and what to do.
+    """
+    path = os.path.abspath(os.fspath(path))
+    root = _open_group(path)
+    attrs = _check_attrs(dict(root.attrs), path)
+    offsets = _check_offsets(root, attrs, path)
+    lengths = {"user_ids": attrs["n_users"], "item_ids": attrs["n_items"], "item_counts": attrs["n_items"]}
+    for name, length in lengths.items():
+        arr = _get_array(root, name, path)
+        _check_no_object_dtype(arr, name, path)
+        if arr.shape != (length,):
+            raise StoreFormatError(
+                f"{path}: {name} has shape {arr.shape} but the store declares {length} entries; "
+                "the store is corrupt, re-ingest the data"
+            )
+    return InteractionStore(
+        path=path,
+        n_users=attrs["n_users"],
+        n_items=attrs["n_items"],
+        nnz=attrs["nnz"],
+        shard_offsets=tuple(int(o) for o in offsets),
+        fingerprint=attrs["fingerprint"],
+        attrs=attrs,
+    )
+
+
+def read_shard(path, s: int) -> sp.csr_matrix:
+    """Read one user shard; pure and picklable, meant to run inside a Dask task.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Store directory.
+    s : int
+        Shard number, ``0 <= s < n_shards``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of shape (shard_offsets[s+1] - shard_offsets[s], n_items), float32
+        Rows are the shard's users in store order; indices sorted and unique per row.
+
+    Raises
+    ------
+    ParameterError
+        ``s`` outside ``[0, n_shards)``.
+    StoreFormatError
+        The store or the shard is missing, incomplete or malformed.
+    """
+    path = os.path.abspath(os.fspath(path))
+    root = _open_group(path)
+    attrs = _check_attrs(dict(root.attrs), path)
+    offsets = _get_array(root, "shard_offsets", path)[:]
+    n_shards = offsets.shape[0] - 1
+    if not (isinstance(s, (int, np.integer)) and 0 <= s < n_shards):
+        raise ParameterError(f"shard {s!r} does not exist in {path}: valid shard numbers are 0..{n_shards - 1}")
+    n_rows = int(offsets[s + 1] - offsets[s])
+    parts = {}
+    for name, dtype in _SHARD_DTYPES.items():
+        arr = _get_array(root, f"shards/{s:05d}/{name}", path)
+        if arr.dtype != dtype:
+            raise StoreFormatError(
+                f"{path}: shards/{s:05d}/{name} has dtype {arr.dtype}, expected {dtype}; re-ingest the data"
+            )
+        parts[name] = arr[:]
+    indptr, indices, values = parts["indptr"], parts["indices"], parts["values"]
+    consistent = (
+        indptr.shape[0] == n_rows + 1 and indptr[0] == 0 and indptr[-1] == indices.shape[0]
+        and indices.shape == values.shape
+    )
+    if not consistent:
+        raise StoreFormatError(
+            f"{path}: shard {s} is inconsistent (indptr length {indptr.shape[0]} for {n_rows} users, "
+            f"{indices.shape[0]} indices, {values.shape[0]} values); the store is corrupt, re-ingest the data"
+        )
+    return sp.csr_matrix((values, indices, indptr), shape=(n_rows, attrs["n_items"]))
+
+
+def _open_group(path: str):
+    if not os.path.exists(path):
+        raise StoreFormatError(
+            f"no interaction store at {path}: the path does not exist. Create one with "
+            "`edlae-dask ingest SOURCE --out PATH` (edlae_dask.ingest.ingest)"
+        )
+    try:
+        return zarr.open_group(path, mode="r", zarr_format=3)
+    except Exception as exc:  # zarr raises several types (GroupNotFoundError, ContainsArrayError, JSON errors)
+        raise StoreFormatError(
+            f"{path} is not a zarr v3 group, so not an interaction store ({type(exc).__name__}: {exc}). "
+            "Pass the directory written by `edlae-dask ingest`, or re-ingest the data"
+        ) from exc
+
+
+def _check_attrs(attrs: dict, path: str) -> dict:
+    # check the format name and version first: other checks mean nothing for another format
+    found = attrs.get("format")
+    if found != FORMAT_NAME:
+        raise StoreFormatError(
+            f"{path} is not an edlae-dask interaction store: its 'format' attribute is {found!r}, "
+            f"expected {FORMAT_NAME!r}. Pass the directory written by `edlae-dask ingest`"
+        )
+    version = attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{path} is an interaction store of format_version {version!r}, but this edlae-dask "
+            f"({__version__}) reads format_version {FORMAT_VERSION}. Re-ingest the raw data with this version "
+            "(`edlae-dask ingest ... --overwrite`)"
+        )
+    if attrs.get("complete") is not True:
+        raise StoreFormatError(
+            f"{path} is an incomplete interaction store (no 'complete' marker): its writer was interrupted. "
+            "Re-run the ingest with --overwrite"
+        )
+    for key in _REQUIRED_INT_ATTRS:
+        value = attrs.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise StoreFormatError(
+                f"{path}: attribute {key!r} is {value!r}, expected a non-negative integer; re-ingest the data"
+            )
+    if not isinstance(attrs.get("fingerprint"), str):
+        raise StoreFormatError(f"{path}: attribute 'fingerprint' is missing; re-ingest the data")
+    return attrs
+
+
+def _check_offsets(root, attrs: dict, path: str) -> np.ndarray:
+    arr = _get_array(root, "shard_offsets", path)
+    _check_no_object_dtype(arr, "shard_offsets", path)
+    offsets = arr[:]
+    n_shards, n_users, shard_size = attrs["n_shards"], attrs["n_users"], attrs["shard_size"]
+    sizes = np.diff(offsets)
+    ok = (
+        offsets.dtype.kind == "i"
+        and offsets.shape == (n_shards + 1,)
+        and offsets[0] == 0
+        and offsets[-1] == n_users
+        and bool((sizes > 0).all())
+        and bool((sizes <= shard_size).all())
+    )
+    if not ok:
+        raise StoreFormatError(
+            f"{path}: shard_offsets {offsets[:5].tolist()}... (length {offsets.shape[0]}) do not split "
+            f"{n_users} users into {n_shards} shards of at most {shard_size}; the store is corrupt, re-ingest the data"
+        )
+    return offsets
+
+
+def _get_array(root, name: str, path: str):
+    try:
+        arr = root[name]
+    except KeyError as exc:
+        raise StoreFormatError(f"{path}: array {name!r} is missing; the store is corrupt, re-ingest the data") from exc
+    if not isinstance(arr, zarr.Array):
+        raise StoreFormatError(
+            f"{path}: {name!r} is a group, expected an array; the store is corrupt, re-ingest the data"
+        )
+    return arr
+
+
+def _check_no_object_dtype(arr, name: str, path: str) -> None:
+    # Object/variable-length strings are refused: the store holds plain numbers and
+    # fixed-width unicode only, so nothing that could carry pickled content is loaded.
+    if arr.dtype.kind not in "iuU" or arr.dtype == object:
+        raise StoreFormatError(
+            f"{path}: {name} has dtype {arr.dtype}; interaction stores hold int64 or fixed-width unicode "
+            "ids only (never object/variable-length). The store was not written by edlae-dask; re-ingest the data"
+        )
+
+
+# ------------------------------------------------------------------------ writing
+
+
+def check_output_path(path, *, overwrite: bool) -> str:
+    """Fail early if ``path`` may not be written; return its absolute form.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False, or it exists and is neither an
+        interaction store nor an empty directory (never replaced, even with overwrite).
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path):
+        if not overwrite:
+            raise OutputExistsError(
+                f"{path} already exists; pass overwrite=True / --overwrite to replace it, or choose another path"
+            )
+        _check_replaceable(path)
+    return path
+
+
+def _check_replaceable(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        if not os.listdir(path):
+            return
+        try:
+            found = dict(zarr.open_group(path, mode="r", zarr_format=3).attrs).get("format")
+        except Exception:  # not a zarr group at all
+            found = None
+        if found == FORMAT_NAME:
+            return
+    raise OutputExistsError(
+        f"refusing to overwrite {path}: it is not an edlae-dask interaction store or an empty directory, "
+        "and overwrite only ever replaces those. Remove it yourself or choose another path"
+    )
+
+
+def write_interactions(
+    path,
+    X,
+    *,
+    user_ids=None,
+    item_ids=None,
+    shard_size: int = 100_000,
+    overwrite: bool = False,
+    source: dict | None = None,
+) -> InteractionStore:
+    """Write a CSR matrix as an interaction store (atomically).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Store directory to create.
+    X : scipy.sparse.csr_matrix or csr_array of shape (n_users, n_items)
+        Finite values. Duplicate entries are summed and explicit zeros dropped
+        (scipy's canonical form), shard by shard.
+    user_ids : array-like of shape (n_users,), optional
+        Unique original ids; default ``arange(n_users)``.
+    item_ids : array-like of shape (n_items,), optional
+        Unique original ids; default ``arange(n_items)``.
+    shard_size : int, default=100_000
+        Users per shard (the last shard may be shorter).
+    overwrite : bool, default=False
+        Replace an existing interaction store (or empty directory) at ``path``.
+    source : dict, optional
+        JSON-serialisable provenance stored in the ``source`` attribute.
+
+    Returns
+    -------
+    InteractionStore
+
+    Raises
+    ------
+    InputDataError
+        X is not CSR, has non-finite values, or ids do not match / are not unique.
+    ParameterError
+        ``shard_size < 1``.
+    OutputExistsError
+        See :func:`check_output_path`.
+    """
+    if not sp.issparse(X) or X.format != "csr":
+        found = type(X).__name__ + (f" ({X.format})" if sp.issparse(X) else "")
+        raise InputDataError(f"X must be a scipy.sparse CSR matrix; got {found}. Convert it with X.tocsr()")
+    if X.ndim != 2:
+        raise InputDataError(f"X must be 2-dimensional; got shape {X.shape}")
+    n_users, n_items = X.shape
+    shard_size = _check_shard_size(shard_size)
+    user_ids = normalize_ids(np.arange(n_users) if user_ids is None else user_ids, n=n_users, what="user_ids")
+    item_ids = normalize_ids(np.arange(n_items) if item_ids is None else item_ids, n=n_items, what="item_ids")
+    # slicing copies only one shard at a time, so X is never copied whole
+    shards = (X[a : min(a + shard_size, n_users)] for a in range(0, n_users, shard_size))
+    return write_interactions_from_shards(
+        path, shards, n_items=n_items, user_ids=user_ids, item_ids=item_ids,
+        shard_size=shard_size, overwrite=overwrite, source=source,
+    )
+
+
+def write_interactions_from_shards(
+    path,
+    shards: Iterable,
+    *,
+    n_items: int,
+    user_ids,
+    item_ids,
+    shard_size: int,
+    overwrite: bool = False,
+    source: dict | None = None,
+) -> InteractionStore:
+    """Stream shards into a new interaction store (atomically); never holds the whole matrix.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Store directory to create.
+    shards : iterable of scipy.sparse.csr_matrix, each of shape (shard_size, n_items)
+        Consecutive user ranges; only the last may have fewer (but > 0) rows.
+        Consumed once, one at a time.
+    n_items : int
+        Number of columns.
+    user_ids : array-like of shape (n_users,)
+        Unique original user ids; ``n_users`` must equal the rows of all shards.
+    item_ids : array-like of shape (n_items,)
+        Unique original item ids.
+    shard_size : int
+        Users per shard.
+    overwrite : bool, default=False
+        Replace an existing interaction store (or empty directory) at ``path``.
+    source : dict, optional
+        JSON-serialisable provenance stored in the ``source`` attribute.
+
+    Returns
+    -------
+    InteractionStore
+
+    Notes
+    -----
+    Written to ``{parent}/.{name}.tmp-{uuid}``, marked complete last, then moved
+    into place with ``os.rename``; on any exception (including one raised by the
+    ``shards`` iterator) the temporary directory is removed and nothing is
+    published. Memory: one shard plus the id arrays.
+    """
+    target = check_output_path(path, overwrite=overwrite)
+    shard_size = _check_shard_size(shard_size)
+    if not isinstance(n_items, (int, np.integer)) or n_items < 1:
+        raise InputDataError(f"n_items must be a positive integer; got {n_items!r}")
+    item_ids = normalize_ids(item_ids, n=int(n_items), what="item_ids")
+    user_ids = normalize_ids(user_ids, what="user_ids")
+    if user_ids.shape[0] == 0:
+        raise InputDataError("the matrix has no users; nothing to store")
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
+    try:
+        _write_store(tmp, iter(shards), int(n_items), user_ids, item_ids, shard_size, source or {})
+        _move_into_place(tmp, target, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_interactions(target)
+
+
+def _check_shard_size(shard_size) -> int:
+    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
+        raise ParameterError(f"shard_size must be a positive integer (users per shard); got {shard_size!r}")
+    return int(shard_size)
+
+
+class _Fingerprint:
+    """sha256 of the matrix content and ids, fed shard by shard.
+
+    indptr (as one global int64 array), indices and values are hashed in three
+    separate streams, so the digest does not depend on where shards split.
+    """
+
+    def __init__(self):
+        self._indptr = hashlib.sha256(np.zeros(1, "<i8").tobytes())
+        self._indices = hashlib.sha256()
+        self._values = hashlib.sha256()
+
+    def update(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, nnz_before: int) -> None:
+        self._indptr.update((indptr[1:] + nnz_before).astype("<i8").tobytes())
+        self._indices.update(indices.tobytes())
+        self._values.update(values.tobytes())
+
+    def hexdigest(self, n_users: int, n_items: int, user_ids: np.ndarray, item_ids: np.ndarray) -> str:
+        h = hashlib.sha256(f"{FORMAT_NAME}/{FORMAT_VERSION}:{n_users}x{n_items}".encode())
+        for part in (self._indptr, self._indices, self._values):
+            h.update(part.digest())
+        for ids in (user_ids, item_ids):
+            h.update(ids.dtype.str.encode())
+            h.update(np.ascontiguousarray(ids).tobytes())
+        return h.hexdigest()
+
+
+def _write_store(tmp, shards: Iterator, n_items, user_ids, item_ids, shard_size, source) -> None:
+    root = zarr.open_group(tmp, mode="w-", zarr_format=3)
+    n_users = user_ids.shape[0]
+    fingerprint = _Fingerprint()
+    item_counts = np.zeros(n_items, dtype=np.int64)
+    offsets, nnz = [0], 0
+    for s, shard in enumerate(shards):
+        shard = _check_shard(shard, s, offsets[-1], n_users, n_items, shard_size)
+        indptr = shard.indptr.astype("<i8")
+        indices = shard.indices.astype("<i4")
+        values = shard.data.astype("<f4")
+        for name, arr in (("indptr", indptr), ("indices", indices), ("values", values)):
+            _write_1d(root, f"shards/{s:05d}/{name}", arr, chunk=None)
+        fingerprint.update(indptr, indices, values, nnz)
+        item_counts += np.bincount(indices, minlength=n_items)
+        nnz += indices.shape[0]
+        offsets.append(offsets[-1] + shard.shape[0])
+    if offsets[-1] != n_users:
+        raise InputDataError(
+            f"the shards hold {offsets[-1]} users but user_ids has {n_users}; pass one id per user row"
+        )
+    _write_1d(root, "shard_offsets", np.asarray(offsets, dtype="<i8"), chunk=None)
+    _write_1d(root, "user_ids", user_ids, chunk=min(shard_size, _ID_CHUNK))
+    _write_1d(root, "item_ids", item_ids, chunk=_ID_CHUNK)
+    _write_1d(root, "item_counts", item_counts, chunk=_ID_CHUNK)
+    root.attrs.update(
+        {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "n_users": int(n_users),
+            "n_items": int(n_items),
+            "nnz": int(nnz),
+            "n_shards": len(offsets) - 1,
+            "shard_size": int(shard_size),
+            "fingerprint": fingerprint.hexdigest(n_users, n_items, user_ids, item_ids),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "code_version": __version__,
+            "source": dict(source),
+        }
+    )
+    root.attrs["complete"] = True  # last: a store without it is never read
+
+
+def _check_shard(shard, s: int, first_user: int, n_users: int, n_items: int, shard_size: int) -> sp.csr_matrix:
+    where = f"shard {s} (users {first_user}..)"
+    if not sp.issparse(shard) or shard.format != "csr":
+        raise InputDataError(f"{where} must be a scipy.sparse CSR matrix; got {type(shard).__name__}")
+    rows, cols = shard.shape
+    if cols != n_items:
+        raise InputDataError(f"{where} has {cols} columns but n_items is {n_items}")
+    if rows < 1 or rows > shard_size:
+        raise InputDataError(f"{where} has {rows} rows; every shard needs 1..shard_size={shard_size} rows")
+    if first_user + rows > n_users:
+        raise InputDataError(f"{where} goes past the {n_users} users named by user_ids")
+    if rows < shard_size and first_user + rows != n_users:
+        raise InputDataError(
+            f"{where} has {rows} rows; only the last shard may have fewer than shard_size={shard_size}"
+        )
+    with np.errstate(over="ignore"):  # a float64 beyond float32 range becomes inf and is reported below
+        finite = bool(np.isfinite(shard.data.astype(np.float32)).all())
+    if not finite:
+        raise InputDataError(f"{where} holds NaN or infinite values (after conversion to float32); drop or fix them")
+    if not shard.has_canonical_format or (shard.data == 0).any():
+        shard = shard.copy()
+        shard.sum_duplicates()  # sorts indices and merges repeats (scipy's canonical form)
+        shard.eliminate_zeros()  # an explicit zero is not an interaction
+    return shard
+
+
+def _write_1d(root, name: str, data: np.ndarray, *, chunk: int | None) -> None:
+    """One 1-d array; ``chunk=None`` means a single chunk (the shard arrays)."""
+    n = data.shape[0]
+    chunks = (max(1, n if chunk is None else min(chunk, n)),)
+    with warnings.catch_warnings():
+        # '<U..' ids have no ratified zarr v3 data-type spec yet; zarr-python reads them back fine
+        warnings.simplefilter("ignore", _UnstableSpecWarning)
+        arr = root.create_array(name, shape=(n,), dtype=data.dtype, chunks=chunks)
+    if n:
+        arr[:] = data
+
+
+def _move_into_place(tmp: str, target: str, overwrite: bool) -> None:
+    if not os.path.lexists(target):
+        os.rename(tmp, target)
+        return
+    check_output_path(target, overwrite=overwrite)  # re-check: something may have appeared meanwhile
+    parent, name = os.path.split(target)
+    aside = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
+    os.rename(target, aside)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
