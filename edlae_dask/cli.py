@@ -1,0 +1,236 @@
+"""The ``edlae-dask`` command line: ingest, train, demo, info.
+
+The commands parse options, set up logging and the cluster, and call the library;
+they hold no math and no zarr. User errors (:class:`EdlaeError`) print one line to
+stderr and exit with status 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from edlae_dask._version import __version__
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+log = logging.getLogger("edlae_dask.cli")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr, force=True)
+    import distributed  # noqa: F401  (configures its loggers on import; quiet them after)
+
+    for noisy in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+    # bokeh warns that the (loopback-bound) dashboard accepts any Host header
+    logging.getLogger("bokeh").setLevel(logging.ERROR if verbose < 2 else logging.INFO)
+
+
+def _user_errors(fn):
+    """Turn our errors into a one-line message and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from edlae_dask.errors import EdlaeError
+
+        try:
+            return fn(*args, **kwargs)
+        except EdlaeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="edlae-dask")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: also Dask's).")
+@click.pass_context
+def cli(ctx, verbose):
+    """Train and serve the low-rank EDLAE recommender (Steck & Garcia Garcia 2021) on Dask."""
+    _setup_logging(verbose)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@cli.command()
+@click.argument("source", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(), help="Interaction store to write (a directory).")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "csv", "parquet", "movielens-csv", "movielens-dat", "netflix", "msd"]))
+@click.option("--user-col", default="user", show_default=True, help="Column holding user ids (csv/parquet).")
+@click.option("--item-col", default="item", show_default=True, help="Column holding item ids (csv/parquet).")
+@click.option("--value-col", default=None, help="Column holding ratings/counts (default: 'rating' or 'value' if present).")
+@click.option("--min-value", type=float, default=None, help="Keep rows with value >= this (e.g. 3.5 for MovieLens).")
+@click.option("--min-user-interactions", type=int, default=1, show_default=True)
+@click.option("--min-item-interactions", type=int, default=1, show_default=True)
+@click.option("--shard-size", type=int, default=100_000, show_default=True, help="Users per shard.")
+@click.option("--chunk-rows", type=int, default=1_000_000, show_default=True, help="Rows read at a time.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing interaction store at --out.")
+@_user_errors
+def ingest(source, out, fmt, user_col, item_col, value_col, min_value, min_user_interactions,
+           min_item_interactions, shard_size, chunk_rows, overwrite):
+    """Read raw interactions (CSV, Parquet, MovieLens, Netflix, MSD) into an interaction store."""
+    from edlae_dask.ingest import ingest as run_ingest
+
+    report = run_ingest(
+        list(source) if len(source) > 1 else source[0], out, fmt=fmt, user_col=user_col, item_col=item_col,
+        value_col=value_col, min_value=min_value, min_user_interactions=min_user_interactions,
+        min_item_interactions=min_item_interactions, shard_size=shard_size, chunk_rows=chunk_rows,
+        overwrite=overwrite,
+    )
+    click.echo(report.summary())
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _train_options(fn):
+    opts = [
+        click.option("--k", "k", type=int, default=100, show_default=True, help="Rank of U, V."),
+        click.option("--lam", type=float, default=20.0, show_default=True, help="λ: L2 penalty on every item (eq. 8)."),
+        click.option("--p", "p", type=float, default=0.25, show_default=True, help="Dropout probability, 0 <= p < 1 (eq. 8)."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the eigensolver."),
+        click.option("--block-size", type=int, default=None, help="Side of the n x n blocks (default 2048/4096)."),
+        click.option("--oversamples", "n_oversamples", type=int, default=None, help="Eigensolver oversampling (default: measured rule)."),
+        click.option("--power-iters", "n_power_iter", type=int, default=None, help="Eigensolver power iterations."),
+        click.option("--cluster", default="local", show_default=True,
+                     help="'local' (embedded LocalCluster), 'threads', or a scheduler address tcp://… / tls://…"),
+        click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core)."),
+        click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@cli.command()
+@click.option("--interactions", required=True, type=click.Path(), help="Interaction store (from `edlae-dask ingest`).")
+@click.option("--out", required=True, type=click.Path(), help="Factor store to publish into.")
+@click.option("--overwrite", is_flag=True, help="Publish a new version into an existing factor store.")
+@_train_options
+@_user_errors
+def train(interactions, out, overwrite, k, lam, p, dtype, seed, block_size, n_oversamples, n_power_iter,
+          cluster, n_workers, progress):
+    """Train U, V of Algorithm 1 on an interaction store and publish them to a factor store."""
+    from edlae_dask.cluster import connect
+    from edlae_dask.model import TrainParams, train as run_train
+
+    params = TrainParams(k=k, lam=lam, p=p, dtype=dtype, seed=seed, block_size=block_size,
+                         n_oversamples=n_oversamples, n_power_iter=n_power_iter).validate()
+    progress = sys.stderr.isatty() if progress is None else progress
+    with connect(cluster, n_workers=n_workers) as client:
+        res = run_train(interactions, params=params, client=client, out=out, overwrite=overwrite, progress=progress)
+    _print_train_summary(res, out)
+
+
+def _print_train_summary(res, out) -> None:
+    from edlae_dask.diagnostics import GiB
+
+    click.echo(f"published {out} version {res.version}: {res.U.shape[0]} items, k={res.params.k}, "
+               f"{res.params.dtype}, in {res.seconds:.1f} s")
+    click.echo(f"{'stage':<12}{'seconds':>9}{'peak total GiB':>16}{'peak worker GiB':>17}")
+    for name, rec in res.stages.items():
+        click.echo(f"{name:<12}{rec['seconds']:>9.2f}{rec['peak_total_bytes'] / GiB:>16.2f}"
+                   f"{rec['peak_worker_bytes'] / GiB:>17.2f}")
+    r = res.ritz_residuals
+    click.echo(f"eigensolver: {res.eigensolver}; Ritz residuals max {r.max():.2e}, median {float(sorted(r)[len(r) // 2]):.2e}; "
+               f"eigenvalues {res.eigenvalues[0]:.4g} … {res.eigenvalues[-1]:.4g}")
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("--workdir", default="edlae-demo", show_default=True, type=click.Path(),
+              help="Where the demo writes its CSV and stores (replaced on each run).")
+@click.option("--users", "n_users", type=int, default=50_000, show_default=True)
+@click.option("--items", "n_items", type=int, default=8_000, show_default=True)
+@_train_options
+@_user_errors
+def demo(workdir, n_users, n_items, k, lam, p, dtype, seed, block_size, n_oversamples, n_power_iter,
+         cluster, n_workers, progress):
+    """Make skewed synthetic interactions, ingest them, train on the embedded cluster, summarize."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from edlae_dask.cluster import connect
+    from edlae_dask.ingest import ingest as run_ingest
+    from edlae_dask.model import TrainParams, train as run_train
+    from edlae_dask.synthetic import make_interactions
+
+    work = Path(workdir)
+    for sub in ("interactions.csv.gz", "interactions.zarr", "factors"):
+        target = work / sub
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    X = make_interactions(n_users, n_items, seed=seed).tocoo()
+    csv = work / "interactions.csv.gz"
+    pd.DataFrame({"user": X.row + 1, "item": X.col + 1, "rating": 1}).to_csv(csv, index=False)
+    log.info("demo: wrote %d synthetic interactions (%d users, %d items) to %s in %.1f s",
+             X.nnz, n_users, n_items, csv, time.perf_counter() - t0)
+    report = run_ingest(str(csv), str(work / "interactions.zarr"))
+    click.echo(report.summary())
+    params = TrainParams(k=k, lam=lam, p=p, dtype=dtype, seed=seed, block_size=block_size,
+                         n_oversamples=n_oversamples, n_power_iter=n_power_iter).validate()
+    progress = sys.stderr.isatty() if progress is None else progress
+    with connect(cluster, n_workers=n_workers) as client:
+        res = run_train(str(work / "interactions.zarr"), params=params, client=client, out=str(work / "factors"),
+                        progress=progress)
+    _print_train_summary(res, work / "factors")
+    from edlae_dask.io.factors import open_factors
+    from edlae_dask.io.interactions import open_interactions
+
+    f = open_factors(work / "factors")
+    U, V = f.load()
+    store = open_interactions(work / "interactions.zarr")
+    x = store.read_shard(0)[:1]
+    scores = np.asarray(x @ U) @ V.T
+    scores[0, x.indices] = -np.inf
+    top = np.argsort(-scores[0])[:10]
+    click.echo(f"user {store.user_ids()[0]} has items {f.item_ids[x.indices][:10].tolist()}; "
+               f"top-10 recommendations: {f.item_ids[top].tolist()}")
+
+
+# --------------------------------------------------------------------------- info
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@_user_errors
+def info(path):
+    """Describe an interaction store or a factor store."""
+    from edlae_dask.io.factors import is_factor_store, open_factors
+    from edlae_dask.io.interactions import open_interactions
+
+    if is_factor_store(path):
+        f = open_factors(path)
+        meta = {k: v for k, v in f.meta.items() if k != "stages"}
+        click.echo(json.dumps({"kind": "factors", "version": f.version, **meta}, indent=2, default=str))
+    else:
+        s = open_interactions(path)
+        click.echo(json.dumps({"kind": "interactions", **s.attrs}, indent=2, default=str))
+
+
+def main() -> None:
+    cli(prog_name="edlae-dask")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""randomized_eigh against numpy.linalg.eigh on PSD matrices with known spectra.
+
+Tolerances: with a spectrum decaying like 0.7^i, k = 8 and l = 16, the basis
+after 3 power iterations is span(M⁴Ω), so the k-th Ritz vector's error is about
+(λ_{l+1}/λ_k)⁴ = (0.7⁹)⁴ ≈ 3e-6 and the eigenvalue errors about its square
+(~1e-11, float64); float32 is limited by rounding (~1e-5).
+"""
+
+import logging
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from edlae_dask.errors import ParameterError
+from edlae_dask.linalg import EighResult, default_n_oversamples, randomized_eigh
+from edlae_dask.linalg import _kernels as K
+
+
+@pytest.fixture(autouse=True)
+def _threads_unless_client(request):
+    if "client" in request.fixturenames:
+        with dask.config.set(scheduler="dask.distributed"):
+            yield
+    else:
+        with dask.config.set(scheduler="threads"):
+            yield
+
+
+def psd(n, decay=0.7, seed=0, floor=1e-3):
+    """M = U diag(λ) Uᵀ with λ_i = 100·decay^i + floor (PSD, decaying)."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = 100.0 * decay ** np.arange(n) + floor
+    return (U * lam) @ U.T, lam, U
+
+
+def solve(M, k, chunks, dtype=np.float64, **kw):
+    Md = da.from_array(M.astype(dtype), chunks=(chunks, chunks))
+    kw.setdefault("n_oversamples", 8)
+    kw.setdefault("n_power_iter", 3)
+    return randomized_eigh(lambda Q: Md @ Q, M.shape[0], k, row_chunks=Md.chunks[0], dtype=dtype, **kw)
+
+
+def subspace_distance(V, U):
+    """‖V Vᵀ − U Uᵀ‖₂ = sin of the largest principal angle."""
+    return np.linalg.norm(V @ V.T - U @ U.T, 2)
+
+
+def test_float64_matches_numpy_eigh():
+    M, lam, U = psd(120)
+    r = solve(M, 8, 25)
+    w, Uo = np.linalg.eigh(M)
+    np.testing.assert_allclose(r.eigenvalues, w[::-1][:8], rtol=1e-10)
+    assert subspace_distance(r.eigenvectors.compute(), Uo[:, ::-1][:, :8]) < 1e-4
+
+
+def test_float32_matches_loosely():
+    M, lam, U = psd(120)
+    r = solve(M, 8, 25, dtype=np.float32)
+    V = r.eigenvectors.compute()
+    assert V.dtype == np.float32 and r.eigenvalues.dtype == np.float64
+    np.testing.assert_allclose(r.eigenvalues, lam[:8], rtol=1e-4)
+    assert subspace_distance(V.astype(np.float64), U[:, :8]) < 1e-2
+
+
+def test_result_fields_and_orthonormal_sign_fixed_vectors():
+    M, lam, U = psd(90, seed=1)
+    r = solve(M, 6, 20, n_oversamples=5, n_power_iter=2)
+    assert isinstance(r, EighResult)
+    assert r.eigenvectors.shape == (90, 6) and r.eigenvectors.chunks[0] == (20, 20, 20, 20, 10)
+    assert np.all(np.diff(r.eigenvalues) <= 0)
+    assert (r.n_matvecs, r.n_oversamples, r.n_power_iter) == (4, 5, 2)
+    assert r.seconds > 0
+    V = r.eigenvectors.compute()
+    np.testing.assert_allclose(V.T @ V, np.eye(6), atol=1e-12)
+    big = V[np.argmax(np.abs(V), axis=0), np.arange(6)]
+    assert np.all(big > 0)
+
+
+def test_same_seed_identical_other_seed_close():
+    M, lam, U = psd(100, seed=2)
+    a, b = solve(M, 5, 30, seed=7), solve(M, 5, 30, seed=7)
+    np.testing.assert_array_equal(a.eigenvalues, b.eigenvalues)
+    np.testing.assert_array_equal(a.eigenvectors.compute(), b.eigenvectors.compute())
+    np.testing.assert_array_equal(a.ritz_residuals, b.ritz_residuals)
+    c = solve(M, 5, 30, seed=8)
+    assert not np.array_equal(a.eigenvalues, c.eigenvalues)
+    np.testing.assert_allclose(c.eigenvalues, a.eigenvalues, rtol=1e-9)
+    # signs are fixed, so the vectors agree too (not just up to sign)
+    np.testing.assert_allclose(c.eigenvectors.compute(), a.eigenvectors.compute(), atol=1e-4)
+
+
+@pytest.mark.parametrize("chunks", [100, 33, 7])
+def test_chunking_does_not_change_the_answer(chunks):
+    M, lam, U = psd(100, seed=3)
+    ref = solve(M, 5, 50)
+    r = solve(M, 5, chunks)
+    np.testing.assert_allclose(r.eigenvalues, ref.eigenvalues, rtol=1e-12)
+    np.testing.assert_allclose(r.eigenvectors.compute(), ref.eigenvectors.compute(), atol=1e-8)
+
+
+def test_gaussian_test_matrix_does_not_depend_on_blocks():
+    full = K.gaussian_rows(3, 0, 2500, 4, np.float32)
+    parts = [K.gaussian_rows(3, a, b, 4, np.float32) for a, b in [(0, 7), (7, 1030), (1030, 2049), (2049, 2500)]]
+    np.testing.assert_array_equal(np.concatenate(parts), full)
+    assert full.dtype == np.float32
+
+
+def test_reported_residuals_are_true_residuals():
+    # slow decay + no power iteration: not converged, residuals clearly nonzero
+    M, lam, U = psd(150, decay=0.97, seed=4)
+    r = solve(M, 10, 40, n_oversamples=5, n_power_iter=0)
+    V = r.eigenvectors.compute()
+    true = np.linalg.norm(M @ V - V * r.eigenvalues, axis=0) / r.eigenvalues
+    np.testing.assert_allclose(r.ritz_residuals, true, rtol=1e-8)
+    assert r.ritz_residuals.max() > 1e-2
+
+
+def test_residuals_small_when_converged():
+    M, lam, U = psd(120, seed=5)
+    r = solve(M, 8, 25, n_power_iter=6)
+    assert r.ritz_residuals.max() < 1e-8
+
+
+def test_subspace_clipped_to_n():
+    M, lam, U = psd(12, seed=6)
+    r = solve(M, 10, 5, n_oversamples=50, n_power_iter=0)
+    assert r.n_oversamples == 2  # l = min(k + 50, n) = 12
+    np.testing.assert_allclose(r.eigenvalues, lam[:10], rtol=1e-10)
+
+
+def test_logs_progress_and_residuals(caplog):
+    M, lam, U = psd(60, seed=7)
+    lines = []
+    solve(M, 4, 20, log=lines.append)
+    assert len(lines) == 1 + 4 + 1  # header, 1 + n_power_iter passes, Rayleigh–Ritz
+    assert "pass 4/4" in lines[-2] and "residuals" in lines[-1] and "median" in lines[-1]
+    with caplog.at_level(logging.INFO, logger="edlae_dask.linalg"):
+        solve(M, 4, 20)
+    assert any("Rayleigh–Ritz" in rec.getMessage() for rec in caplog.records)
+
+
+def test_default_parameters_are_used():
+    M, lam, U = psd(80, seed=8)
+    r = solve(M, 4, 20, n_oversamples=None, n_power_iter=None)
+    assert r.n_oversamples == default_n_oversamples(4)
+
+
+def test_distributed_matches_threads(client):
+    M, lam, U = psd(100, seed=9)
+    r = solve(M, 6, 30)
+    with dask.config.set(scheduler="threads"):
+        ref = solve(M, 6, 30)
+    np.testing.assert_allclose(r.eigenvalues, ref.eigenvalues, rtol=1e-12)
+    np.testing.assert_allclose(r.eigenvectors.compute(), ref.eigenvectors.compute(), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(k=0), "'k' parameter"),
+        (dict(k=-1), "'k' parameter"),
+        (dict(k=20), "'k' parameter"),
+        (dict(k=25), "'k' parameter"),
+        (dict(k=2.0), "'k' parameter"),
+        (dict(row_chunks=(10, 5)), "'row_chunks'"),
+        (dict(dtype=np.int32), "float32 or float64"),
+        (dict(n_oversamples=-1), "'n_oversamples'"),
+        (dict(n_power_iter=-2), "'n_power_iter'"),
+        (dict(seed=-1), "'seed'"),
+    ],
+)
+def test_parameter_validation(kw, match):
+    args = dict(k=3, row_chunks=(10, 10), dtype=np.float64)
+    args.update(kw)
+    k = args.pop("k")
+    with pytest.raises(ParameterError, match=match):
+        randomized_eigh(lambda Q: Q, 20, k, **args)
