@@ -235,9 +235,9 @@ def spd_inverse(A: da.Array) -> da.Array:
     Blocks move between workers once per consumer, like any tiled algorithm;
     larger blocks mean fewer, bigger tasks and less scheduler overhead.
     Measured (``benchmarks/bench_linalg.py``, 2 shared cores, n = 8,000, blocks
-    1,024-2,048): 0.83-0.96x the speed of one in-memory LAPACK ``potrf`` +
-    ``potri`` on the threaded scheduler, 0.64-0.84x on a 2-worker x 1-thread
-    LocalCluster; float32 ~1.8x faster than float64.
+    of 1,024, 1,500 and 2,048): 0.74-0.96x the speed of one in-memory LAPACK
+    ``potrf`` + ``potri`` on the threaded scheduler, 0.64-0.85x on a 2-worker x
+    1-thread LocalCluster; float32 about 1.8x faster than float64.
 
     The block size is the caller's choice. Keep float64 blocks below ~16,000
     rows: OpenBLAS's SkylakeX ``dpotrf`` segfaults on larger single matrices on
