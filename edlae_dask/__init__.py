@@ -25,6 +25,10 @@ _LAZY = {
     "write_interactions": "edlae_dask.io.interactions",
     "IngestReport": "edlae_dask.ingest",
     "ingest": "edlae_dask.ingest",
+    "ScoreReport": "edlae_dask.scoring",
+    "score": "edlae_dask.scoring",
+    "Recommendations": "edlae_dask.io.recommendations",
+    "open_recommendations": "edlae_dask.io.recommendations",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -208,6 +208,143 @@ def demo(workdir, n_users, n_items, k, lam, p, dtype, seed, block_size, n_oversa
                f"top-10 recommendations: {f.item_ids[top].tolist()}")
 
 
+# --------------------------------------------------------------------------- evaluate
+
+
+class _ManyValues(click.Option):
+    """An option that takes one or more values: ``--k 50 200``, ``--k 50,200`` or ``--k 50 --k 200``.
+
+    Following arguments are taken until the next option. (It wraps click's parser
+    entry for this option; should a click release rename those internals, the
+    option still takes repeated and comma-separated values.)
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("multiple", True)
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        result = super().add_to_parser(parser, ctx)
+        entry = next((parser._long_opt.get(o) for o in self.opts if o in getattr(parser, "_long_opt", {})), None)
+        if entry is not None and hasattr(entry, "process"):
+            take_one = entry.process
+            prefixes = tuple(getattr(parser, "_opt_prefixes", {"-", "--"}))
+
+            def take_many(value, state):
+                values = [value]
+                while state.rargs and not (state.rargs[0].startswith(prefixes) and not _is_number(state.rargs[0])):
+                    values.append(state.rargs.pop(0))
+                for v in values:
+                    take_one(v, state)
+
+            entry.process = take_many
+        return result
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _many(values, cast, name):
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            if part.strip():
+                try:
+                    out.append(cast(part.strip()))
+                except ValueError as exc:
+                    raise click.BadParameter(f"{part!r} is not a valid {cast.__name__}", param_hint=name) from exc
+    return out
+
+
+def _count_or_fraction(text: str):
+    value = float(text)
+    return int(value) if value >= 1 and value.is_integer() and "." not in text else value
+
+
+@cli.command()
+@click.option("--interactions", required=True, type=click.Path(), help="Interaction store (from `edlae-dask ingest`).")
+@click.option("--k", "ks", cls=_ManyValues, help="Ranks of the low-rank models: --k 50 200 (or 50,200).")
+@click.option("--lam", "lams", cls=_ManyValues, help="λ grid: --lam 50 200 500.  [default: 20]")
+@click.option("--p", "ps", cls=_ManyValues, help="p grid (dropout probability, 0 <= p < 1): --p 0 0.25 0.5.  [default: 0.25]")
+@click.option("--models", default="edlae,lae,full-rank,ease", show_default=True,
+              help="Comma-separated: edlae (Algorithm 1), lae (unconstrained low-rank LAE), full-rank (EDLAE "
+                   "teacher), ease (full rank at p = 0), edlae-opt (numerical optimum of eq. 14; small n only).")
+@click.option("--n-valid", default="0.1", show_default=True, help="Validation users: a count, or a fraction (0.1).")
+@click.option("--n-test", default="0.1", show_default=True, help="Test users: a count, or a fraction (0.1).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the user split and the 80/20 split.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--block-size", type=int, default=None, help="Side of the n x n blocks (default 2048/4096).")
+@click.option("--max-concurrent", type=int, default=None,
+              help="Grid points in flight at once (default: cluster threads, capped by a memory estimate).")
+@click.option("--power-iters", "n_power_iter", type=int, default=None, help="Eigensolver power iterations.")
+@click.option("--exact-maxiter", type=int, default=300, show_default=True, help="L-BFGS iterations of edlae-opt.")
+@click.option("--exact-points", type=click.Choice(["chosen", "grid"]), default="chosen", show_default=True,
+              help="edlae-opt at Algorithm 1's chosen (λ, p) per k, or at every grid point (tuned on validation).")
+@click.option("--cluster", default="local", show_default=True,
+              help="'local' (embedded LocalCluster), 'threads', or a scheduler address tcp://… / tls://…")
+@click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core).")
+@click.option("--out", type=click.Path(), default=None, help="Write the full report (every grid point) as JSON here.")
+@_user_errors
+def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, block_size, max_concurrent,
+             n_power_iter, exact_maxiter, exact_points, cluster, n_workers, out):
+    """Strong-generalization evaluation: λ and p chosen on validation users, nDCG/Recall on test users."""
+    from edlae_dask.cluster import connect
+    from edlae_dask.evaluation import evaluate as run_evaluate
+
+    ks = _many(ks, int, "--k")
+    lams = _many(lams, float, "--lam") or [20.0]
+    ps = _many(ps, float, "--p") or [0.25]
+    n_valid = _many([n_valid], _count_or_fraction, "--n-valid")[0]
+    n_test = _many([n_test], _count_or_fraction, "--n-test")[0]
+    t0 = time.perf_counter()
+    with connect(cluster, n_workers=n_workers) as client:
+        report = run_evaluate(interactions, models=models, ks=ks, lams=lams, ps=ps, n_valid=n_valid, n_test=n_test,
+                              seed=seed, dtype=dtype, block_size=block_size, client=client,
+                              max_concurrent=max_concurrent, n_power_iter=n_power_iter, exact_maxiter=exact_maxiter,
+                              exact_points=exact_points)
+    click.echo(report.table())
+    t = report.timings
+    click.echo(f"time: {time.perf_counter() - t0:.1f} s in all (split {t['split']:.1f} s, gram {t['gram']:.1f} s, "
+               f"grid {t['grid']:.1f} s with {report.settings['concurrency']['concurrent']} points at once"
+               + (f", exact optimum {t['exact_optimum']:.1f} s" if t["exact_optimum"] else "") + ")")
+    if out:
+        report.to_json(out)
+        click.echo(f"wrote {out}")
+
+
+# --------------------------------------------------------------------------- score
+
+
+@cli.command()
+@click.option("--factors", required=True, type=click.Path(), help="Factor store (from `edlae-dask train`); its latest version.")
+@click.option("--interactions", required=True, type=click.Path(), help="Interaction store of the users to score.")
+@click.option("--out", required=True, type=click.Path(), help="Recommendations store to write (a directory).")
+@click.option("--top-n", "top_n", type=int, default=100, show_default=True, help="Items kept per user, best first.")
+@click.option("--cluster", default="local", show_default=True,
+              help="'local' (embedded LocalCluster), 'threads', or a scheduler address tcp://… / tls://…")
+@click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core).")
+@click.option("--item-block", type=int, default=None, help="Items per score block (default: 32 MiB blocks).")
+@click.option("--user-batch", type=int, default=None, help="Users per score block (default 1024).")
+@click.option("--include-seen", is_flag=True, help="Also recommend items the user already has.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@_user_errors
+def score(factors, interactions, out, top_n, cluster, n_workers, item_block, user_batch, include_seen, progress):
+    """Write the top-N items of every user to a recommendations store; reruns skip finished shards."""
+    from edlae_dask.cluster import connect
+    from edlae_dask.scoring import score as run_score
+
+    progress = sys.stderr.isatty() if progress is None else progress
+    with connect(cluster, n_workers=n_workers) as client:
+        report = run_score(factors, interactions, out, top_n=top_n, client=client, item_block=item_block,
+                           user_batch=user_batch, exclude_seen=not include_seen, progress=progress)
+    click.echo(report.summary())
+
+
 # --------------------------------------------------------------------------- info
 
 

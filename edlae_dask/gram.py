@@ -29,9 +29,17 @@ def item_blocks(n_items: int, block_size: int) -> tuple[int, ...]:
     return (block_size,) * full + ((rest,) if rest else ())
 
 
-def _load_shard_blocks(path: str, s: int, bounds: tuple[int, ...], dtype) -> tuple[list, list]:
-    """Read shard ``s`` and split it into item blocks: (Xᵀ row blocks, X column blocks)."""
-    x = read_shard(path, s).astype(dtype, copy=False)
+def _load_shard_blocks(path: str, s: int, bounds: tuple[int, ...], dtype, rows=None, cols=None) -> tuple[list, list]:
+    """Read shard ``s`` and split it into item blocks: (Xᵀ row blocks, X column blocks).
+
+    ``rows`` (local row indices) and ``cols`` (item indices) select a sub-matrix first.
+    """
+    x = read_shard(path, s)
+    if rows is not None:
+        x = x[rows]
+    if cols is not None:
+        x = x[:, cols]
+    x = x.astype(dtype, copy=False)
     xt = x.T.tocsr()  # items x users: row slices of it are Xᵀ_I
     xc = x.tocsc()
     left = [xt[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -75,7 +83,25 @@ def symmetric_from_lower(name: str, dsk: dict, lower: dict, chunks: tuple[int, .
     return da.Array(graph, name, chunks=(chunks, chunks), dtype=dtype)
 
 
-def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_every: int = 4) -> da.Array:
+def _selection(sel, n: int, what: str) -> np.ndarray | None:
+    """A boolean mask or a sorted array of unique indices, as sorted int64 indices (None: all)."""
+    if sel is None:
+        return None
+    sel = np.asarray(sel)
+    if sel.dtype == bool:
+        if sel.shape != (n,):
+            raise ValueError(f"{what} as a boolean mask must have shape ({n},); got {sel.shape}")
+        return np.flatnonzero(sel)
+    if sel.ndim != 1 or sel.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be a boolean mask or a 1-d array of integer indices; got {sel.dtype} {sel.shape}")
+    sel = sel.astype(np.int64)
+    if sel.size and (sel[0] < 0 or sel[-1] >= n or np.any(np.diff(sel) <= 0)):
+        raise ValueError(f"{what} indices must be sorted, unique and in [0, {n}); sort them with numpy.unique")
+    return sel
+
+
+def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_every: int = 4,
+         users=None, items=None) -> da.Array:
     """XᵀX of the interaction matrix, as a symmetric block dask array.
 
     Parameters
@@ -88,28 +114,57 @@ def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_ev
         Dtype of the product (X is cast before multiplying).
     split_every : int, default=4
         Fan-in of the tree reduction over shards.
+    users : ndarray of bool of shape (n_users,) or sorted int indices, optional
+        Only these users' rows enter the product (e.g. the training users of an
+        evaluation split). Default: all users.
+    items : ndarray of bool of shape (n_items,) or sorted int indices, optional
+        Only these items' columns, in this order: the result is
+        ``X[users][:, items]ᵀ · X[users][:, items]``. Default: all items.
 
     Returns
     -------
     G : dask.array.Array of shape (n_items, n_items)
-        Chunks ``(item_blocks(n_items, block_size),) * 2``.
+        Chunks ``(item_blocks(n_items, block_size),) * 2`` (``n_items`` = the
+        number of selected items).
     """
     dtype = np.dtype(dtype)
-    chunks = item_blocks(store.n_items, block_size)
+    user_idx = _selection(users, store.n_users, "users")
+    item_idx = _selection(items, store.n_items, "items")
+    n_items = store.n_items if item_idx is None else int(item_idx.size)
+    if n_items == 0:
+        raise ValueError("items selects no item; the Gram would be empty")
+    chunks = item_blocks(n_items, block_size)
     bounds = tuple(np.concatenate([[0], np.cumsum(chunks)]).tolist())
     nb = len(chunks)
     token = tokenize(store.path, store.fingerprint, block_size, dtype.str, split_every)
+    if user_idx is not None or item_idx is not None:  # the full Gram keeps its historical keys
+        token = tokenize(token, user_idx, item_idx)
     load_name = f"edlae-gram-shard-{token}"
     part_name = f"edlae-gram-part-{token}"
     sum_name = f"edlae-gram-sum-{token}"
     name = f"edlae-gram-{token}"
-    shards = [s for s in range(store.n_shards) if store.shard_offsets[s + 1] > store.shard_offsets[s]]
+    offsets = store.shard_offsets
+    rows: dict = {}
+    for s in range(store.n_shards):
+        if offsets[s + 1] <= offsets[s]:
+            continue
+        if user_idx is None:
+            rows[s] = None
+            continue
+        lo, hi = np.searchsorted(user_idx, [offsets[s], offsets[s + 1]])
+        if hi > lo:  # a shard without selected users is not read at all
+            local = user_idx[lo:hi] - offsets[s]
+            rows[s] = None if local.size == offsets[s + 1] - offsets[s] else local
+    shards = list(rows)
     if not shards:
-        raise ValueError(f"interaction store {store.path} holds no users")
+        raise ValueError(f"interaction store {store.path} holds no {'users' if user_idx is None else 'selected users'}")
 
     dsk: dict = {}
     for s in shards:
-        dsk[(load_name, s)] = (_load_shard_blocks, store.path, s, bounds, dtype)
+        if rows[s] is None and item_idx is None:
+            dsk[(load_name, s)] = (_load_shard_blocks, store.path, s, bounds, dtype)
+        else:
+            dsk[(load_name, s)] = (_load_shard_blocks, store.path, s, bounds, dtype, rows[s], item_idx)
     lower = {}
     for i in range(nb):
         for j in range(i + 1):

@@ -1,0 +1,465 @@
+"""The recommendations store: the top-N items and scores of every user, written shard by shard.
+
+This module is the only code that reads or writes this store. Layout (a zarr v3
+group in a local directory)::
+
+    RECS/
+      attrs: format, format_version, top_n, n_users, n_items, n_shards, chunk_rows,
+             shard_offsets, exclude_seen, factors_path, factor_version,
+             factors_interactions_fingerprint, interactions_path,
+             interactions_fingerprint, scoring_token, created, code_version
+      items      int32   (n_users, top_n)  indices into item_ids, best first; -1 where not scored yet
+      scores     float32 (n_users, top_n)  (x·U)·Vᵀ of those items; NaN where not scored yet
+                                            (-inf: a user with fewer than top_n unseen items)
+      user_ids   int64 or '<U{maxlen}' (n_users,)  row r is user user_ids[r] (as in the interaction store)
+      item_ids   int64 or '<U{maxlen}' (n_items,)  a copy of the factors' item ids, so that ids
+                                                    stay resolvable after that version is pruned
+      done/00000 zarr group, attributes only: shard 0's completion marker
+      done/00001 ...
+
+Rows are chunked by ``chunk_rows``, the largest row count that divides every
+interior shard boundary: the interaction store's ``shard_size`` for every store
+``edlae-dask ingest`` writes (only its last shard is short). So each shard writes
+whole chunks of its own and no two shards share a chunk; workers write shards
+concurrently without locks.
+
+A shard is done when its marker exists. The marker is written after the shard's
+rows, in one atomic ``os.replace``, and records the factor version, the
+interaction store fingerprint, the shard's row range and the scoring token (a
+hash of everything the rows depend on); a marker that does not match the store's
+attributes is ignored. A store is complete when every shard is done.
+
+A scoring run for new inputs (another factor version, interaction store,
+``top_n`` or sharding) writes a fresh store under a hidden sibling name
+``.{name}.scoring-{token}`` and moves it to ``RECS`` only once complete, so readers
+of ``RECS`` keep the previous complete recommendations until then, and a killed
+run's sibling is found and resumed by the next run with the same inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from functools import reduce
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from edlae_dask._version import __version__
+from edlae_dask.errors import OutputExistsError, StoreFormatError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "Recommendations",
+    "chunk_rows_for",
+    "create_store",
+    "done_shards",
+    "open_recommendations",
+    "prepare_output",
+    "publish",
+    "scoring_token",
+    "write_shard",
+]
+
+FORMAT_NAME = "edlae-dask/recommendations"
+FORMAT_VERSION = 1
+_DONE = "done"
+_STAGING = ".scoring-"
+_REQUIRED_ATTRS = ("top_n", "n_users", "n_items", "n_shards", "chunk_rows", "shard_offsets", "factor_version",
+                   "interactions_fingerprint", "scoring_token")
+_ID_CHUNK = 1 << 18
+
+try:  # fixed-width unicode ids have no ratified zarr v3 spec yet; zarr-python reads them back fine
+    from zarr.errors import UnstableSpecificationWarning as _UnstableSpecWarning
+except ImportError:  # pragma: no cover - older zarr
+    _UnstableSpecWarning = UserWarning
+
+
+# --------------------------------------------------------------------------- layout helpers
+
+
+def chunk_rows_for(shard_offsets) -> int:
+    """Rows per zarr chunk so that every shard boundary is a chunk boundary.
+
+    The greatest common divisor of the interior boundaries ``shard_offsets[1:-1]``
+    (the last shard may end inside a chunk: it is the last chunk). Equals the
+    shard size when all shards but the last have that size; ``n_users`` for one shard.
+    """
+    offsets = [int(o) for o in shard_offsets]
+    interior = offsets[1:-1]
+    return max(1, reduce(math.gcd, interior)) if interior else max(1, offsets[-1])
+
+
+def scoring_token(*, factor_version: str, n_items: int, interactions_fingerprint: str, shard_offsets,
+                  top_n: int, exclude_seen: bool) -> str:
+    """sha256 hex of everything a store's rows depend on; stores and markers with equal tokens are interchangeable."""
+    payload = json.dumps(
+        [FORMAT_NAME, FORMAT_VERSION, factor_version, int(n_items), interactions_fingerprint,
+         [int(o) for o in shard_offsets], int(top_n), bool(exclude_seen)]
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def staging_path(target: str, token: str) -> str:
+    """Hidden sibling of ``target`` where a run for ``token`` writes before it is published."""
+    parent, name = os.path.split(target)
+    return os.path.join(parent, f".{name}{_STAGING}{token[:16]}")
+
+
+def _read_attrs(path: str) -> dict | None:
+    """Group attributes of a zarr v3 group at ``path``, or None if it is not one."""
+    try:
+        return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+    except Exception:  # zarr raises several types for "no group here"
+        return None
+
+
+def _check_ours(path: str, attrs: dict | None, *, what: str) -> dict:
+    """Format name first, then version (other checks mean nothing for another format)."""
+    found = None if attrs is None else attrs.get("format")
+    if found != FORMAT_NAME:
+        raise StoreFormatError(
+            f"{path} is not an edlae-dask recommendations store ({what}: 'format' attribute {found!r}, expected "
+            f"{FORMAT_NAME!r}). Pass the --out directory of `edlae-dask score`"
+        )
+    version = attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{path} is a recommendations store of format_version {version!r}, but this edlae-dask ({__version__}) "
+            f"reads and writes format_version {FORMAT_VERSION}. Score again with this version into another --out "
+            "(or remove it yourself), or read it with the edlae-dask that wrote it"
+        )
+    for key in _REQUIRED_ATTRS:
+        if key not in attrs:
+            raise StoreFormatError(f"{path}: attribute {key!r} is missing; the store is damaged, score again")
+    return attrs
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def prepare_output(out, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[str, bool]:
+    """Decide where a scoring run writes and make sure that store exists; return ``(work_path, in_place)``.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The recommendations store to produce.
+    meta : dict
+        Its attributes (see the module docstring); ``meta["scoring_token"]`` decides.
+    user_ids, item_ids : numpy.ndarray
+        Written when a store is created.
+
+    Returns
+    -------
+    work_path : str
+        ``out`` itself when it already holds a store of the same token (a rerun:
+        finished shards are skipped, missing ones written in place), else the hidden
+        staging sibling for this token (created, or found and resumed).
+    in_place : bool
+
+    Raises
+    ------
+    OutputExistsError
+        ``out`` is a file, or a non-empty directory that is not a recommendations store.
+    StoreFormatError
+        ``out`` is a recommendations store of another ``format_version``.
+    """
+    target = os.path.abspath(os.fspath(out))
+    existing = _classify_output(target)
+    token = meta["scoring_token"]
+    if existing is not None and existing.get("scoring_token") == token:
+        return target, True
+    work = staging_path(target, token)
+    _remove_stale_staging(target, keep=work)
+    if os.path.lexists(work):
+        attrs = _read_attrs(work)
+        if attrs is not None and attrs.get("format") == FORMAT_NAME and attrs.get("scoring_token") == token:
+            return work, False
+        shutil.rmtree(work, ignore_errors=True)  # a half-created staging store: start it again
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    create_store(work, meta=meta, user_ids=user_ids, item_ids=item_ids)
+    return work, False
+
+
+def _classify_output(target: str) -> dict | None:
+    """Attributes of our store at ``target``; None if absent or an empty directory; raise for anything else."""
+    if not os.path.lexists(target):
+        return None
+    if os.path.isdir(target) and not os.path.islink(target):
+        if not os.listdir(target):
+            return None
+        attrs = _read_attrs(target)
+        if attrs is not None and attrs.get("format") == FORMAT_NAME:
+            return _check_ours(target, attrs, what="output path")
+    raise OutputExistsError(
+        f"refusing to write recommendations to {target}: it exists and is not an edlae-dask recommendations store "
+        "or an empty directory, and scoring only ever replaces those. Choose another --out, or remove it yourself"
+    )
+
+
+def _remove_stale_staging(target: str, *, keep: str) -> None:
+    parent, name = os.path.split(target)
+    prefix = f".{name}{_STAGING}"
+    if not os.path.isdir(parent):
+        return
+    for entry in os.listdir(parent):
+        path = os.path.join(parent, entry)
+        if entry.startswith(prefix) and path != keep:
+            attrs = _read_attrs(path)
+            if attrs is None or attrs.get("format") == FORMAT_NAME:  # never touch what is not ours
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def create_store(path: str, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+    """Create an empty recommendations store (all rows unscored) with attributes ``meta``."""
+    n_users, top_n, chunk_rows = int(meta["n_users"]), int(meta["top_n"]), int(meta["chunk_rows"])
+    root = zarr.open_group(path, mode="w-", zarr_format=3)
+    row_chunk = (min(chunk_rows, max(1, n_users)), top_n)
+    root.create_array("items", shape=(n_users, top_n), dtype="<i4", chunks=row_chunk, fill_value=-1)
+    root.create_array("scores", shape=(n_users, top_n), dtype="<f4", chunks=row_chunk, fill_value=np.nan)
+    _write_ids(root, "user_ids", user_ids, min(chunk_rows, _ID_CHUNK))
+    _write_ids(root, "item_ids", item_ids, _ID_CHUNK)
+    root.create_group(_DONE)
+    attrs = dict(meta)
+    attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION,
+                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(), code_version=__version__)
+    root.attrs.update(attrs)
+
+
+def _write_ids(root, name: str, ids: np.ndarray, chunk: int) -> None:
+    if ids.dtype == object or ids.dtype.kind not in "iuU":
+        raise StoreFormatError(f"{name} has dtype {ids.dtype}; only int64 or fixed-width unicode ids are stored")
+    n = ids.shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _UnstableSpecWarning)
+        arr = root.create_array(name, shape=(n,), dtype=ids.dtype, chunks=(max(1, min(chunk, n)),))
+    if n:
+        arr[:] = ids
+
+
+def write_shard(path: str, shard: int, start: int, items: np.ndarray, scores: np.ndarray, marker: dict) -> None:
+    """Write one shard's rows ``start:start + len(items)``, then its completion marker.
+
+    Pure and picklable: runs inside a Dask task. The rows cover whole zarr chunks
+    of this shard only (see :func:`chunk_rows_for`), so concurrent shards never
+    write one chunk. The marker (a zarr group's ``zarr.json``, attributes only) is
+    written to a temporary file and moved into place with ``os.replace``: it
+    exists whole or not at all, and only after the rows.
+    """
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    stop = start + items.shape[0]
+    root["items"][start:stop] = items.astype("<i4", copy=False)
+    root["scores"][start:stop] = scores.astype("<f4", copy=False)
+    folder = os.path.join(path, _DONE, f"{shard:05d}")
+    os.makedirs(folder, exist_ok=True)
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(marker, shard=int(shard), rows=[start, stop])}
+    tmp = os.path.join(folder, f".zarr.json.tmp-{uuid.uuid4().hex}")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(folder, "zarr.json"))
+
+
+def done_shards(path: str, meta: dict | None = None) -> list[int]:
+    """Shards of the store at ``path`` whose markers exist and match its attributes, ascending."""
+    meta = meta if meta is not None else dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+    offsets = meta["shard_offsets"]
+    done = []
+    for s in range(int(meta["n_shards"])):
+        try:
+            with open(os.path.join(path, _DONE, f"{s:05d}", "zarr.json")) as fh:
+                attrs = json.load(fh).get("attributes", {})
+        except (OSError, ValueError):
+            continue
+        if (
+            attrs.get("scoring_token") == meta["scoring_token"]
+            and attrs.get("factor_version") == meta["factor_version"]
+            and attrs.get("interactions_fingerprint") == meta["interactions_fingerprint"]
+            and attrs.get("rows") == [offsets[s], offsets[s + 1]]
+        ):
+            done.append(s)
+    return done
+
+
+def publish(work: str, out) -> None:
+    """Move the complete store ``work`` to ``out``, replacing a previous recommendations store there.
+
+    Two renames: ``out`` is moved aside, ``work`` moved into place, the old one
+    removed. A reader opening ``out`` between the two renames finds nothing (an
+    error, never a mix of versions).
+    """
+    target = os.path.abspath(os.fspath(out))
+    if not os.path.lexists(target):
+        os.rename(work, target)
+        _fsync_dir(os.path.dirname(target))
+        return
+    _classify_output(target)  # re-check: something else may have appeared meanwhile
+    parent, name = os.path.split(target)
+    aside = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
+    os.rename(target, aside)
+    try:
+        os.rename(work, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    _fsync_dir(parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """A recommendations store, opened and validated.
+
+    Attributes
+    ----------
+    path : str
+    user_ids : numpy.ndarray of shape (n_users,)
+        Row r holds the recommendations of user ``user_ids[r]``.
+    items : dask.array.Array of shape (n_users, top_n), int32
+        Indices into ``item_ids``, best first (lazily read, chunked by shard).
+    scores : dask.array.Array of shape (n_users, top_n), float32
+        ``(x·U)·Vᵀ`` of those items; ``-inf`` pads a user with fewer than
+        ``top_n`` unseen items. Rows of unfinished shards (only with
+        ``allow_incomplete=True``) hold item -1 and score NaN.
+    item_ids : numpy.ndarray of shape (n_items,)
+        The factors' item ids: ``item_ids[items]`` are the original ids.
+    meta : dict
+        The store's attributes: ``top_n``, ``factor_version``, fingerprints, ``shard_offsets``, ...
+    complete : bool
+        Every shard is done.
+    done_shards : tuple of int
+
+    Examples
+    --------
+    >>> rec = open_recommendations("recs")                       # doctest: +SKIP
+    >>> rec.item_ids[rec.items[:5].compute()]                     # doctest: +SKIP
+    """
+
+    path: str
+    user_ids: np.ndarray = field(repr=False)
+    items: da.Array = field(repr=False)
+    scores: da.Array = field(repr=False)
+    item_ids: np.ndarray = field(repr=False)
+    meta: dict = field(repr=False)
+    complete: bool
+    done_shards: tuple[int, ...] = field(repr=False)
+
+    @property
+    def top_n(self) -> int:
+        return int(self.meta["top_n"])
+
+    @property
+    def factor_version(self) -> str:
+        return str(self.meta["factor_version"])
+
+    @property
+    def shard_offsets(self) -> tuple[int, ...]:
+        return tuple(int(o) for o in self.meta["shard_offsets"])
+
+
+_ARRAY_KINDS = {"items": "i", "scores": "f", "user_ids": "iU", "item_ids": "iU"}
+
+
+def open_recommendations(path, *, allow_incomplete: bool = False) -> Recommendations:
+    """Open and validate a recommendations store.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``--out`` of ``edlae-dask score`` (or, with ``allow_incomplete``, a
+        staging store of an unfinished run).
+    allow_incomplete : bool, default=False
+        Open a store whose shards are not all done; unscored rows hold item -1
+        and score NaN.
+
+    Returns
+    -------
+    Recommendations
+
+    Raises
+    ------
+    StoreFormatError
+        Missing path, not a zarr v3 group, another format or ``format_version``,
+        arrays missing or of an unexpected dtype/shape (object dtype is never
+        loaded), or an incomplete store without ``allow_incomplete``.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise StoreFormatError(
+            f"no recommendations store at {path}: the path does not exist. Create one with "
+            "`edlae-dask score --factors F --interactions S --out PATH`"
+        )
+    try:
+        root = zarr.open_group(path, mode="r", zarr_format=3)
+    except Exception as exc:  # zarr raises several types
+        raise StoreFormatError(
+            f"{path} is not a zarr v3 group, so not a recommendations store ({type(exc).__name__}: {exc}). "
+            "Pass the --out directory of `edlae-dask score`"
+        ) from exc
+    meta = _check_ours(path, dict(root.attrs), what="opened")
+    n_users, n_items, top_n = int(meta["n_users"]), int(meta["n_items"]), int(meta["top_n"])
+    shapes = {"items": (n_users, top_n), "scores": (n_users, top_n), "user_ids": (n_users,), "item_ids": (n_items,)}
+    arrays = {}
+    for name, shape in shapes.items():
+        try:
+            arr = root[name]
+        except KeyError as exc:
+            raise StoreFormatError(f"{path}: array {name!r} is missing; the store is damaged, score again") from exc
+        if not isinstance(arr, zarr.Array) or arr.dtype == object or arr.dtype.kind not in _ARRAY_KINDS[name]:
+            raise StoreFormatError(
+                f"{path}: {name} has dtype {getattr(arr, 'dtype', 'group')}; a recommendations store holds "
+                "int32 items, float32 scores and int64/fixed-width unicode ids only (never object). "
+                "It was not written by edlae-dask: score again"
+            )
+        if arr.shape != shape:
+            raise StoreFormatError(
+                f"{path}: {name} has shape {arr.shape}, expected {shape}; the store is damaged, score again"
+            )
+        arrays[name] = arr
+    done = done_shards(path, meta)
+    complete = len(done) == int(meta["n_shards"])
+    if not complete and not allow_incomplete:
+        missing = sorted(set(range(int(meta["n_shards"]))) - set(done))
+        raise StoreFormatError(
+            f"{path} is an incomplete recommendations store: {len(done)} of {meta['n_shards']} shards are scored "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}). Its scoring run was interrupted or is "
+            "still going: run the same `edlae-dask score` again to finish it, or pass allow_incomplete=True to "
+            "read the finished shards"
+        )
+    return Recommendations(
+        path=path,
+        user_ids=arrays["user_ids"][...],
+        items=da.from_zarr(arrays["items"]),
+        scores=da.from_zarr(arrays["scores"]),
+        item_ids=arrays["item_ids"][...],
+        meta=meta,
+        complete=complete,
+        done_shards=tuple(done),
+    )

@@ -1,0 +1,291 @@
+"""Evaluation of every model against a dense numpy oracle, the grid's choice, the objectives, the Proposition."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import clustered_interactions, random_interactions
+from oracle import dense_algorithm1
+from edlae_dask.cli import cli
+from edlae_dask.errors import ParameterError
+from edlae_dask.evaluation import (
+    Evaluator,
+    autoencoder_error_bound,
+    closed_form_dense,
+    evaluate,
+    exact_lowrank_optimum,
+    objective_eq14,
+    objective_eq15,
+    objective_eq15_closed_form,
+)
+from edlae_dask.evaluation.objectives import objective_eq14_grad
+from edlae_dask.gram import gram
+from edlae_dask.io.interactions import write_interactions
+
+LAMS, PS, KS = (2.0, 60.0), (0.0, 0.4), (2, 4)  # the student spectra have gaps after 2 and 4
+
+
+# --------------------------------------------------------------------------- oracle (dense numpy, from the paper)
+
+
+def oracle_weights(Xtr, model, lam, p, k=None):
+    """The n x n matrix W of each model; scores of a fold-in row x are x·W."""
+    G = Xtr.T @ Xtr
+    n = G.shape[0]
+    P = G + lam * np.eye(n) + p / (1 - p) * np.diag(np.diag(G))        # eq. 8, 13
+    C = np.linalg.inv(P)
+    if model in ("full-rank", "ease"):
+        return np.eye(n) - C @ np.diag(1 / np.diag(C))                    # eq. 12
+    if model == "edlae":
+        U, V, *_ = dense_algorithm1(Xtr, k, lam, p)                      # Algorithm 1
+        return U @ V.T
+    if model == "lae":                                                   # Jin et al. 2021
+        Bf = C @ G
+        w, Q = np.linalg.eigh(Bf.T @ P @ Bf)
+        V = Q[:, np.argsort(w)[::-1][:k]]
+        return Bf @ V @ V.T
+    raise AssertionError(model)
+
+
+def oracle_metrics(S, fold_in, targets):
+    """Per-user nDCG@100, Recall@20, Recall@50, by loops over a plainly sorted list."""
+    out = []
+    for u in range(S.shape[0]):
+        seen = set(fold_in[u].indices.tolist())
+        t = set(targets[u].indices.tolist())
+        order = sorted((j for j in range(S.shape[1]) if j not in seen), key=lambda j: (-S[u, j], j))
+        dcg = sum(1 / math.log2(r + 2) for r, j in enumerate(order[:100]) if j in t)
+        idcg = sum(1 / math.log2(r + 2) for r in range(min(100, len(t))))
+        out.append([dcg / idcg] + [len(t & set(order[:k])) / min(k, len(t)) for k in (20, 50)])
+    return np.array(out)
+
+
+def oracle_grid(X, split):
+    Xtr = X[split.train_users][:, split.items].toarray().astype(np.float64)
+    res = {}
+    for model in ("edlae", "lae", "full-rank", "ease"):
+        for lam in LAMS:
+            for p in ((0.0,) if model == "ease" else PS):
+                for k in (KS if model in ("edlae", "lae") else (None,)):
+                    W = oracle_weights(Xtr, model, lam, p, k)
+                    per = {}
+                    for name, h in (("valid", split.valid), ("test", split.test)):
+                        S = h.fold_in.toarray() @ W
+                        per[name] = oracle_metrics(S, h.fold_in, h.targets).mean(axis=0)
+                    res[(model, k, lam, p)] = per
+    return res
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    X = clustered_interactions(n_users=500, n_items=130, n_clusters=4, p_in=0.25, p_out=0.02, seed=5)
+    store = write_interactions(tmp_path_factory.mktemp("eval") / "x.zarr", X, shard_size=120)
+    return store, X
+
+
+@pytest.fixture(scope="module")
+def threaded(problem):
+    store, X = problem
+    with Evaluator(store, n_valid=70, n_test=70, seed=3, dtype="float64", block_size=48) as ev:
+        report = ev.run(models="edlae,lae,full-rank,ease", ks=KS, lams=LAMS, ps=PS, n_power_iter=8)
+        return report, ev.split_
+
+
+@pytest.fixture(scope="module")
+def oracle(problem, threaded):
+    return oracle_grid(problem[1], threaded[1])
+
+
+# --------------------------------------------------------------------------- the shared Gram
+
+
+def test_gram_of_selected_users_and_items(tmp_path):
+    X = random_interactions(90, 30, 0.2, seed=1)
+    store = write_interactions(tmp_path / "x.zarr", X, shard_size=25)
+    users = np.flatnonzero(np.arange(90) % 3 != 0)
+    items = np.array([0, 2, 3, 7, 11, 12, 13, 20, 29])
+    expect = (X[users][:, items].T @ X[users][:, items]).toarray()
+    for u in (users, np.isin(np.arange(90), users)):  # sorted indices or a boolean mask
+        G = gram(store, block_size=4, dtype=np.float64, users=u, items=items)
+        assert G.shape == (9, 9) and G.chunks[0] == (4, 4, 1)
+        np.testing.assert_array_equal(G.compute(scheduler="threads"), expect)
+    # no selection: the same graph as before the keywords existed
+    assert gram(store, block_size=4).name == gram(store, block_size=4, users=None, items=None).name
+    with pytest.raises(ValueError, match="sorted, unique"):
+        gram(store, block_size=4, items=np.array([3, 1]))
+
+
+# --------------------------------------------------------------------------- models against the oracle
+
+
+def test_every_model_and_grid_point_equals_the_dense_oracle(threaded, oracle):
+    report, split = threaded
+    assert len(report.grid) == len(oracle)
+    for g in report.grid:
+        want = oracle[(g.model, g.k, g.lam, g.p)]
+        for name, summaries in (("valid", g.valid), ("test", g.test)):
+            got = [summaries[m].mean for m in ("ndcg@100", "recall@20", "recall@50")]
+            np.testing.assert_allclose(got, want[name], rtol=0, atol=1e-9, err_msg=f"{g.model} {g.k} {g.lam} {g.p} {name}")
+        assert g.valid["ndcg@100"].n == split.valid.n_users and g.test["ndcg@100"].n == split.test.n_users
+
+
+def test_grid_chooses_the_oracles_best_validation_point(threaded, oracle):
+    report, _ = threaded
+    for model in ("edlae", "lae", "full-rank", "ease"):
+        for k in (KS if model in ("edlae", "lae") else (None,)):
+            points = [(lam, p) for (m, kk, lam, p) in oracle if m == model and kk == k]
+            best = max(points, key=lambda pt: oracle[(model, k) + pt]["valid"][0])
+            row = report.best(model, k)
+            assert (row.lam, row.p) == best, (model, k)
+            assert row.test["ndcg@100"].mean == pytest.approx(oracle[(model, k) + best]["test"][0], abs=1e-9)
+    # the grid is not flat: the choice matters
+    vals = [oracle[key]["valid"][0] for key in oracle if key[0] == "full-rank"]
+    assert max(vals) - min(vals) > 1e-3
+    assert "edlae" in report.table() and json.dumps(report.as_dict())
+
+
+def test_parallel_grid_on_the_cluster_matches_the_threaded_run(problem, threaded, client):
+    store, _ = problem
+    report, _ = threaded
+    dist = evaluate(store, models="edlae,ease", ks=KS, lams=LAMS, ps=PS[1:], n_valid=70, n_test=70, seed=3,
+                    dtype="float64", block_size=48, client=client, max_concurrent=3, n_power_iter=8)
+    assert dist.settings["concurrency"]["concurrent"] == 3  # 4 points (2 for edlae, 2 for EASE), 3 at a time
+    assert len(dist.grid) == 2 * 2 + 2
+    same = {(g.model, g.k, g.lam, g.p): g for g in report.grid}
+    for g in dist.grid:
+        t = same[(g.model, g.k, g.lam, g.p)]
+        for a, b in ((g.valid, t.valid), (g.test, t.test)):
+            assert [a[m].mean for m in a] == pytest.approx([b[m].mean for m in b], abs=1e-9)
+
+
+def test_low_rank_models_need_a_rank_and_ranks_below_the_item_count(problem):
+    store, _ = problem
+    with Evaluator(store, n_valid=30, n_test=30, seed=0) as ev:
+        with pytest.raises(ParameterError, match="give at least one rank"):
+            ev.run(models="edlae", lams=[1.0])
+        with pytest.raises(ParameterError, match="0 < k < 130"):
+            ev.run(models="lae", ks=[130])
+        with pytest.raises(ParameterError, match="'models' parameter"):
+            ev.run(models="svd", ks=[3])
+
+
+# --------------------------------------------------------------------------- eq. 14 / 15 and the exact optimum
+
+
+@pytest.fixture(scope="module")
+def small_P():
+    X = clustered_interactions(n_users=150, n_items=24, n_clusters=3, seed=2).toarray().astype(np.float64)
+    G = X.T @ X
+    return G + 3.0 * np.eye(24) + 0.3 / 0.7 * np.diag(np.diag(G))
+
+
+def test_eq14_gradient_matches_finite_differences(small_P):
+    rng = np.random.default_rng(0)
+    U, V, B, _ = closed_form_dense(small_P, 3)
+    U, V = U + 0.1 * rng.standard_normal(U.shape), V + 0.1 * rng.standard_normal(V.shape)
+    f, gU, gV = objective_eq14_grad(small_P, small_P @ B, B, U, V)
+    assert f == pytest.approx(objective_eq14(small_P, B, U, V), rel=1e-12)
+    f5, gU5, gV5 = objective_eq14_grad(small_P, small_P @ B, B, U, V, block=5)  # ragged column blocks
+    assert f5 == pytest.approx(f, rel=1e-12)
+    np.testing.assert_allclose(gU5, gU, rtol=1e-10, atol=1e-10 * np.abs(gU).max())
+    np.testing.assert_allclose(gV5, gV, rtol=1e-10, atol=1e-10 * np.abs(gV).max())
+    dU, dV = rng.standard_normal(U.shape), rng.standard_normal(V.shape)
+    h = 1e-6
+    fd = (objective_eq14(small_P, B, U + h * dU, V + h * dV) - objective_eq14(small_P, B, U - h * dU, V - h * dV)) / (2 * h)
+    assert fd == pytest.approx(np.sum(gU * dU) + np.sum(gV * dV), rel=1e-6)
+
+
+def test_closed_form_is_the_eq15_optimum_and_the_exact_optimum_improves_eq14(small_P):
+    for k in (2, 5):
+        U0, V0, B, M = closed_form_dense(small_P, k)
+        # eq. 15 at the closed form: tr(M) − tr(VᵀMV)
+        assert objective_eq15(small_P, B, U0, V0) == pytest.approx(objective_eq15_closed_form(M, V0), rel=1e-9)
+        opt = exact_lowrank_optimum(small_P, B, U0, V0, maxiter=200)
+        f_closed = objective_eq14(small_P, B, U0, V0)
+        assert opt.objective_start == pytest.approx(f_closed)
+        assert opt.objective <= f_closed and opt.ratio >= 1.0
+        assert opt.objective < f_closed * (1 - 1e-6)  # at this small n the diagonal matters: strictly better
+        # and the closed form stays the exact minimiser of eq. 15 (Eckart–Young)
+        assert objective_eq15(small_P, B, U0, V0) <= objective_eq15(small_P, B, opt.U, opt.V) * (1 + 1e-12)
+
+
+def test_exact_optimum_model_reports_the_objective_ratio(problem, client):
+    store, _ = problem
+    # at Algorithm 1's chosen point (threads) ...
+    rep = evaluate(store, models="edlae-opt", ks=[4], lams=[2.0, 60.0], ps=[0.4], n_valid=50, n_test=50, seed=1,
+                   dtype="float64", block_size=64, exact_maxiter=30)
+    row = rep.best("edlae-opt", 4)
+    assert (row.lam, row.p) == (rep.best("edlae", 4).lam, rep.best("edlae", 4).p)
+    assert row.extra["objective_ratio"] >= 1.0
+    assert row.extra["objective_eq14_optimum"] <= row.extra["objective_eq14_closed_form"]
+    assert np.isfinite(row.extra["test_ndcg_diff"]) and "closed form / optimum" in rep.table()
+    # ... and at every grid point, one task each on the cluster, chosen on validation users
+    rep = evaluate(store, models="edlae-opt", ks=[4], lams=[2.0, 60.0], ps=[0.4], n_valid=50, n_test=50, seed=1,
+                   dtype="float64", block_size=64, exact_maxiter=30, exact_points="grid", client=client)
+    points = [g for g in rep.grid if g.model == "edlae-opt"]
+    assert {(g.lam, g.p) for g in points} == {(2.0, 0.4), (60.0, 0.4)}
+    best = max(points, key=lambda g: g.valid["ndcg@100"].mean)
+    assert (rep.best("edlae-opt", 4).lam, rep.best("edlae-opt", 4).p) == (best.lam, best.p)
+    assert all(g.extra["objective_ratio"] >= 1.0 for g in points)
+
+
+# --------------------------------------------------------------------------- the Proposition
+
+
+def test_a_trained_nonlinear_autoencoder_does_not_beat_the_linear_bound():
+    from sklearn.neural_network import MLPRegressor
+
+    X = clustered_interactions(n_users=120, n_items=20, n_clusters=3, seed=4).toarray().astype(np.float64)
+    k = 3
+    bound = autoencoder_error_bound(X, k, n_power_iter=10)
+    bound_k1 = autoencoder_error_bound(X, k + 1, n_power_iter=10)
+    s = np.linalg.svd(X, compute_uv=False)
+    assert bound.bound == pytest.approx(np.sum(s[k:] ** 2), rel=1e-9)      # ‖X − X V_k V_kᵀ‖² (eq. 24)
+    V = bound.V.compute()
+    assert np.linalg.norm(X - X @ V @ V.T) ** 2 == pytest.approx(bound.bound, rel=1e-9)  # attained by the linear AE
+
+    mlp = MLPRegressor(hidden_layer_sizes=(32, k), activation="tanh", solver="lbfgs", alpha=0.0,
+                       max_iter=3000, random_state=0).fit(X, X)
+    se = float(np.sum((X - mlp.predict(X)) ** 2))
+    # sklearn's output layer has a bias: g(X)·W_L + 1·bᵀ = [g(X), 1]·[W_L; bᵀ], a last hidden layer of
+    # k + 1 units (one constant), so the Proposition bounds it by the rank-(k+1) linear AE
+    assert se >= bound_k1.bound
+    # without the bias: the same trained encoder g (k = 3 units), its best linear output layer
+    H = X
+    for W, b in zip(mlp.coefs_[:-1], mlp.intercepts_[:-1]):
+        H = np.tanh(H @ W + b)
+    assert H.shape == (120, k)
+    W_L = np.linalg.lstsq(H, X, rcond=None)[0]
+    se_k = float(np.sum((X - H @ W_L) ** 2))
+    assert se_k >= bound.bound
+    assert se > 0.5 * bound_k1.bound  # the network was actually trained (not a vacuous comparison)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_evaluate_prints_the_table_and_writes_json(problem, tmp_path):
+    store, _ = problem
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(cli, ["evaluate", "--interactions", store.path, "--k", "2", "4", "--lam", "2", "60",
+                                 "--p", "0,0.4", "--models", "edlae,ease", "--n-valid", "60", "--n-test", "0.1",
+                                 "--cluster", "threads", "--block-size", "64", "--out", str(out)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "test nDCG@100" in r.output and "edlae  4" in r.output and "ease" in r.output
+    rep = json.loads(out.read_text())
+    assert {(row["model"], row["k"]) for row in rep["rows"]} == {("edlae", 2), ("edlae", 4), ("ease", None)}
+    assert len(rep["grid"]) == 2 * 2 * 2 + 2 and rep["split"]["n_valid_users"] == 60
+    assert rep["split"]["n_test_users"] == 50
+
+
+def test_cli_evaluate_reports_bad_input_in_one_line(problem):
+    store, _ = problem
+    r = CliRunner().invoke(cli, ["evaluate", "--interactions", store.path, "--models", "edlae", "--cluster", "threads"])
+    assert r.exit_code == 1 and "give at least one rank" in r.output
+    r = CliRunner().invoke(cli, ["evaluate", "--interactions", store.path, "--k", "3", "--p", "1.2",
+                                 "--cluster", "threads"])
+    assert r.exit_code == 1 and "'ps' parameter" in r.output
