@@ -29,6 +29,8 @@ _LAZY = {
     "score": "edlae_dask.scoring",
     "Recommendations": "edlae_dask.io.recommendations",
     "open_recommendations": "edlae_dask.io.recommendations",
+    "evaluate": "edlae_dask.evaluation",
+    "Evaluator": "edlae_dask.evaluation",
 }
 
 __all__ = ["__version__", *_LAZY]
