@@ -18,6 +18,7 @@ holds the same two n×n matrices. The implicit operator is kept
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import time
@@ -218,28 +219,18 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _wait(x, client, progress: bool):
-    """Block until the persisted collection ``x`` is in memory, with a bar if asked."""
-    if client is not None:
-        from distributed import progress as dprogress, wait
-
-        if progress:
-            dprogress(x)
-        else:
-            wait(x)
-    return x
-
-
 def _persist(x, client, progress: bool):
+    """Persist ``x`` where this run computes and block until it is in memory (with a bar if asked)."""
     if client is None:
-        if progress:
-            from dask.diagnostics import ProgressBar
+        from dask.diagnostics import ProgressBar
 
-            with ProgressBar():
-                return x.persist(scheduler="threads")
-        return x.persist(scheduler="threads")
+        with ProgressBar() if progress else contextlib.nullcontext():
+            return x.persist(scheduler="threads")
+    from distributed import progress as show_progress, wait
+
     x = client.persist(x)
-    return _wait(x, client, progress)
+    (show_progress if progress else wait)(x)
+    return x
 
 
 def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool = False,
