@@ -276,7 +276,12 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
     scheduler = dask.config.set(scheduler="threads") if client is None else client.as_current()
     with scheduler:
         try:
-            return _train_stages(store, params, client, writer, stages, progress, dtype, block, out, t_start)
+            result = _train_stages(store, params, client, writer, stages, progress, dtype, block, out, t_start)
+            peak = max(r.peak_total_bytes for r in stages.records)
+            # the estimate counts the matrices only; the sampled peak includes each process's baseline
+            log.info("peak memory %.2f GiB (processes included) against the estimate of %.2f GiB for the matrices",
+                     peak / 2**30, need / 2**30)
+            return result
         except Exception as exc:
             if type(exc).__name__ == "KilledWorker":
                 raise ModelFitError(
