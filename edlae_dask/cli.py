@@ -1,4 +1,4 @@
-"""The ``edlae-dask`` command line: ingest, train, demo, info.
+"""The ``edlae-dask`` command line: ingest, train, score, evaluate, demo, info.
 
 The commands parse options, set up logging and the cluster, and call the library;
 they hold no math and no zarr. User errors (:class:`EdlaeError`) print one line to

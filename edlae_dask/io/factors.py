@@ -98,7 +98,9 @@ class FactorWriter:
             # zarr chunks = the dask row blocks (the last one may be short), so every
             # task writes whole chunks and no two tasks touch one chunk
             zchunks = tuple(c[0] for c in x.chunks)
-            arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=zchunks)
+            # factor values hardly compress, and scoring reads U and V once per user shard:
+            # store them raw rather than pay zstd on every read
+            arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=zchunks, compressors=None)
             return da.store(x, arr, lock=False, compute=compute)
         x = np.asarray(x)
         arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=chunks or x.shape or None)
