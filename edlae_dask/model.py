@@ -29,7 +29,7 @@ import dask.array as da
 import numpy as np
 
 from edlae_dask.errors import MemoryBudgetError, ModelFitError, ParameterError
-from edlae_dask.gram import item_blocks, symmetric_from_lower
+from edlae_dask.gram import symmetric_from_lower
 
 log = logging.getLogger("edlae_dask.model")
 
@@ -323,7 +323,7 @@ def _train_stages(store, params, client, writer, stages, progress, dtype, block,
         M = _persist(M, client, progress)
     with stages.stage("eigensolve", f"top-{params.k} eigenvectors of M") as info:
         eig = randomized_eigh(
-            lambda Q: M @ Q,
+            M.__matmul__,  # a bound method, so `del M` below releases M's blocks
             n,
             params.k,
             row_chunks=M.chunks[0],

@@ -33,6 +33,7 @@ import zarr
 
 from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
+from edlae_dask.io._atomic import fsync_dir
 
 FORMAT_NAME = "edlae-dask/factors"
 FORMAT_VERSION = 1
@@ -121,11 +122,11 @@ class FactorWriter:
         self.group.attrs["complete"] = True
         final = self.root / _VERSIONS / self.version
         os.rename(self.tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         latest_tmp = self.root / f".{_LATEST}.{self.version}"
         latest_tmp.write_text(self.version + "\n")
         os.replace(latest_tmp, self.root / _LATEST)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self.committed = True
         self._prune()
         return self.version
@@ -147,17 +148,6 @@ class FactorWriter:
         return False
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

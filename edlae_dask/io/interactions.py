@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 
+from edlae_dask.io._atomic import replace_dir
 from edlae_dask._version import __version__
 from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError, StoreFormatError
 
@@ -675,16 +676,5 @@ def _write_1d(root, name: str, data: np.ndarray, *, chunk: int | None) -> None:
 
 
 def _move_into_place(tmp: str, target: str, overwrite: bool) -> None:
-    if not os.path.lexists(target):
-        os.rename(tmp, target)
-        return
-    check_output_path(target, overwrite=overwrite)  # re-check: something may have appeared meanwhile
-    parent, name = os.path.split(target)
-    aside = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
-    os.rename(target, aside)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
+    # re-check just before replacing: something may have appeared meanwhile
+    replace_dir(tmp, target, check_replaceable=lambda t: check_output_path(t, overwrite=overwrite))

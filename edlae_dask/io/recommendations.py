@@ -55,6 +55,7 @@ import zarr
 
 from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
+from edlae_dask.io._atomic import replace_dir
 
 __all__ = [
     "FORMAT_NAME",
@@ -299,35 +300,10 @@ def publish(work: str, out) -> None:
     removed. A reader opening ``out`` between the two renames finds nothing (an
     error, never a mix of versions).
     """
-    target = os.path.abspath(os.fspath(out))
-    if not os.path.lexists(target):
-        os.rename(work, target)
-        _fsync_dir(os.path.dirname(target))
-        return
-    _classify_output(target)  # re-check: something else may have appeared meanwhile
-    parent, name = os.path.split(target)
-    aside = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
-    os.rename(target, aside)
-    try:
-        os.rename(work, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
-    _fsync_dir(parent)
-    shutil.rmtree(aside, ignore_errors=True)
+    # re-check just before replacing: something else may have appeared meanwhile
+    replace_dir(work, out, check_replaceable=_classify_output)
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- reading
