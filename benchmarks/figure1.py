@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import platform
 import sys
 import time

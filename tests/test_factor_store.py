@@ -1,6 +1,5 @@
 """The factor store: versions published atomically, validated on open."""
 
-import json
 from pathlib import Path
 
 import dask.array as da

@@ -115,7 +115,7 @@ def test_pipeline_on_distributed_workers_matches_threads(tmp_path, client):
 
 def test_estimator_fit_sets_fitted_attributes_and_recommends(tmp_path):
     X = clustered_interactions(n_users=300, n_items=50, seed=10)
-    store = write_interactions(tmp_path / "x.zarr", X, shard_size=100)
+    write_interactions(tmp_path / "x.zarr", X, shard_size=100)
     k = _k_at_gap(X, 4.0, 0.2)
     model = EDLAE(k=k, lam=4.0, p=0.2, dtype="float64", block_size=20, n_power_iter=6).fit(str(tmp_path / "x.zarr"))
     assert model.U_.shape == model.V_.shape == (50, k)
