@@ -186,15 +186,19 @@ def check_memory(n_items: int, params: TrainParams, total_bytes: int, n_workers:
     budget = int(0.75 * total_bytes)
     block = params.resolved_block_size(n_items)
     per_task = 6 * block * block * itemsize
-    if need > budget or per_task > 0.5 * worker_bytes:
+    if need > budget:
         n_fit = int(np.sqrt(budget / (2.3 * itemsize)))
         raise MemoryBudgetError(
             f"the dense path needs about {need / 2**30:.1f} GiB for {n_items} items in {params.dtype} "
             f"(two n x n matrices), but the cluster offers {total_bytes / 2**30:.1f} GiB over {n_workers} workers "
-            f"(75 % usable: {budget / 2**30:.1f} GiB). At most about {n_fit} items fit. Use --dtype float32, drop rare "
-            "items (ingest --min-item-interactions), or add workers"
-            + (f"; a block of {block} needs {per_task / 2**30:.1f} GiB per task: lower --block-size" if per_task > 0.5 * worker_bytes else "")
-            + "."
+            f"(75 % usable: {budget / 2**30:.1f} GiB). At most about {n_fit} items fit. Use --dtype float32, drop "
+            "rare items (ingest --min-item-interactions), or add workers."
+        )
+    if per_task > 0.5 * worker_bytes:
+        raise MemoryBudgetError(
+            f"a task of the dense path holds a few {block} x {block} blocks, about {per_task / 2**30:.1f} GiB, "
+            f"more than half of the smallest worker's {worker_bytes / 2**30:.1f} GiB: lower --block-size, or give "
+            "the workers more memory each."
         )
     return need
 

@@ -157,6 +157,12 @@ def test_problem_too_large_for_memory_is_refused_before_work():
     assert check_memory(5_000, TrainParams(k=100), 16 * 2**30, 2, 8 * 2**30) > 0
 
 
+def test_blocks_too_large_for_one_worker_are_refused_with_the_fix():
+    params = TrainParams(k=10, block_size=8192)
+    with pytest.raises(MemoryBudgetError, match="lower --block-size"):
+        check_memory(20_000, params, total_bytes=64 * 2**30, n_workers=64, worker_bytes=2**30)
+
+
 def test_training_work_is_spread_over_workers_and_blocks(tmp_path, client):
     from distributed import get_task_stream
 
