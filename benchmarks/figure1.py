@@ -2,7 +2,10 @@
 
     python benchmarks/figure1.py                                   # ml-1m-diffrec-clean, beibei-ehcf
     python benchmarks/figure1.py --quick                           # fewer ranks / grid points (smoke run)
-    python benchmarks/figure1.py --datasets gowalla --ks 10,50,200,1000 --lams 200,2000 --ps 0.25,0.5  # >30k items, slow
+    python benchmarks/figure1.py --datasets tmall-buy-hkuds --models edlae,lae,full-rank \
+        --lams 40 --ps 0.33 --n-power-iter 1 --no-opt             # > 30k items: one grid point per command,
+    python benchmarks/figure1.py --datasets tmall-buy-hkuds ... --lams 10 --add   # refined with --add
+    python benchmarks/figure1.py --datasets '' --import OTHER/figure1.json        # merge results, re-render
 
 For each dataset: ingest ``<data-dir>/<name>/interactions.csv.gz`` into a work store
 (``benchmarks/work/figure1/<name>``, git-ignored; explicit ratings binarized at
@@ -20,31 +23,41 @@ test users:
   it with Algorithm 1 at the same (λ, p)); ``--opt-points grid`` tunes its own (λ, p) as the paper does.
 
 All ranks go into one ``run`` (each (λ, p) point's inverse and eigensolve at the largest k serve every
-smaller k). Outputs, rewritten after each dataset so that a partial run leaves usable results (datasets
-from earlier invocations are kept, so a slow dataset can be added by a separate command):
+smaller k: the leading columns of the top-k_max Ritz vectors). The default backend is the Evaluator's
+``dense`` one (one process keeps the Gram once and reuses two n × n buffers, in-place LAPACK inverse;
+see :mod:`edlae_dask.evaluation.dense`); ``--backend dask`` uses a local Dask cluster instead.
+
+Coarse, then refined: ``--add`` evaluates more grid points for a dataset already in the JSON (same
+split) and merges them; each (model, k) is then chosen over the union, every grid number names the
+run (command) that produced it, and the markdown lists the runs. Chosen points on the edge of the
+evaluated grid (λ at its smallest / largest value among the points with the same p, p likewise) are
+listed under each table. Outputs, rewritten after each dataset (datasets from earlier invocations are
+kept; ``--import`` merges those of another output directory):
 
 - ``benchmarks/results/figure1/figure1.json``  every number (chosen rows and the whole grid),
 - ``benchmarks/results/figure1/figure1.md``    the markdown table,
 - ``benchmarks/results/figure1/figure1.png``   one panel per dataset (matplotlib, Agg backend;
   matplotlib is a benchmark-only extra: ``pip install matplotlib``).
 
-Cost: per grid point one dense n × n inverse and, per low-rank model, one randomized eigensolve with
-2·k_max columns. Measured on the shared 2-core development machine (float32): ml-1m-diffrec-clean
-(2,810 items) with ranks up to 200 and 9 + 3 grid points about 1.5 min plus 2 min for edlae-opt at
-k = 10, 20 (100 L-BFGS iterations); beibei-ehcf (7,977 items) about 40 s per low-rank grid point at
-k_max = 200; the eigensolve at k_max = 1,000 took ~110 s per model and grid point even at 2,810 items,
-so the default ranks up to 2,000 need a bigger machine (or ``--ks`` up to a few hundred). The committed
-results were made with ``--ks 10,20,50,100,200 --opt-max-k 20 --opt-maxiter 100`` (see figure1.md).
-gowalla (40,981 items) needs about 3.5·n²·4 B ≈ 23 GiB for the shared Gram plus one grid point (the
-Evaluator refuses it on a 23 GiB machine; the dataset is then recorded as skipped in the JSON and the
-others go on), and a dense 41k inverse per grid point takes minutes; run it on its own (its
-results are merged into the existing outputs), e.g. ``--datasets gowalla --ks 10,50,200,1000
---lams 200,2000 --ps 0.25,0.5``.
+Cost per grid point: one n × n inverse (n³ flops) and, per low-rank model, a randomized eigensolve
+with l = 2·k_max columns ((n_power_iter + 2)·2n²l flops) and U = B̂V (2n²k_max). On the shared 2-core
+development machine (float32, ~100 GFLOP/s when not contended) that is seconds at ml-1m's 2,810 items
+and about a minute (estimated) at beibei's 7,976 items with k_max = 2,000. At tmall-buy's 29,318 kept
+items with k_max = 2,000 and ``--n-power-iter 1`` one point took 1,113 s (inverse 230 s, eigensolves
+377 + 385 s, factors and scores 63 + 34 s; peak resident 14.0 GiB, of which G, C, M 9.6 GiB), and the
+inverse alone 596 s while other jobs shared the CPU — hence one point per command there. The eigensolver's accuracy at these settings: on
+ml-1m (λ = 50, p = 0.25, k_max = 1,000) the leading k columns reach the exact eq.-15 optimum within
+rounding (|excess| < 4e-7) for k = 10 … 500 with 1 or 3 power iterations, and 1.6e-5 (q = 1) at
+k = k_max; see also tests/test_evaluation.py::test_leading_columns_of_one_eigensolve_serve_every_smaller_rank.
+gowalla (40,981 items) fits the dense backend without the student matrix (2·n² = 12.5 GiB plus panels)
+for k_max up to ~500 in 14 GiB (13.9 GiB planned), but a 41k inverse is ~9 min per point here even
+uncontended (n³ scaling of the 230 s measured at 29k), and it was not run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
@@ -96,25 +109,82 @@ def _default_min_value(name: str, info: dict) -> float | None:
     return 3.5 if name.startswith("ml-") else 4.0
 
 
-def _edge_notes(rows: list, lams: list, ps: list) -> list[str]:
-    """Chosen points on the edge of the grid (a hint to widen it)."""
+def _edge_notes(rows: list, grid: list) -> list[str]:
+    """Chosen points on the edge of the evaluated grid (a hint to widen it).
+
+    The grid need not be a full product (coarse, then refined around the best): λ is
+    at an edge when no evaluated point of the same model and rank has the same p and a
+    smaller (larger) λ; likewise p at the same λ. p = 0 is the domain's edge, not flagged.
+    """
     notes = []
     for r in rows:
-        if r["model"] == "ease":
+        if r["model"] in ("ease",):
             continue
+        same = [(g["lam"], g["p"]) for g in grid if g["model"] == r["model"] and g["k"] == r["k"]]
+        lams = sorted({lam for lam, p in same if p == r["p"]})
+        ps = sorted({p for lam, p in same if lam == r["lam"]})
         where = []
-        if len(lams) > 1 and r["lam"] in (min(lams), max(lams)):
-            where.append(f"λ={r['lam']:g} at the {'low' if r['lam'] == min(lams) else 'high'} end")
-        if r["model"] != "edlae-opt" and len(ps) > 1 and r["p"] == max(ps):
-            where.append(f"p={r['p']:g} at the high end")
-        elif r["model"] != "edlae-opt" and len(ps) > 1 and r["p"] == min(ps) > 0:
-            where.append(f"p={r['p']:g} at the low end")
+        if len(lams) > 1 and r["lam"] == min(lams):
+            where.append(f"λ={r['lam']:g} at the low end")
+        elif len(lams) > 1 and r["lam"] == max(lams):
+            where.append(f"λ={r['lam']:g} at the high end")
+        if r["model"] != "edlae-opt" and len(ps) > 1:
+            if r["p"] == max(ps):
+                where.append(f"p={r['p']:g} at the high end")
+            elif r["p"] == min(ps) > 0:
+                where.append(f"p={r['p']:g} at the low end")
         if where:
-            notes.append(f"{r['model']} k={r['k']}: " + ", ".join(where))
+            label = r["model"] if r["k"] is None else f"{r['model']} k={r['k']}"
+            notes.append(f"{label}: " + ", ".join(where))
     return notes
 
 
-def run_dataset(name: str, args, client) -> dict:
+def _choose(grid: list) -> list:
+    """Per (model, k), the grid entry with the best validation nDCG@100 (first on ties), as the Evaluator does."""
+    best: dict = {}
+    for g in grid:
+        key = (g["model"], g["k"])
+        if key not in best or g["valid"]["ndcg@100"]["mean"] > best[key]["valid"]["ndcg@100"]["mean"]:
+            best[key] = g
+    order = {"edlae": 0, "lae": 1, "full-rank": 2, "ease": 3, "edlae-opt": 4}
+    return sorted(best.values(), key=lambda g: (order.get(g["model"], 9), g["k"] or 0))
+
+
+def _merge(old: dict, new: dict) -> dict:
+    """``new``'s grid entries added to ``old``'s (an entry of the same model, k, λ, p is replaced)."""
+    if old["split"].get("store_fingerprint") != new["split"].get("store_fingerprint") or \
+            old["split"]["seed"] != new["split"]["seed"]:
+        raise SystemExit("--add: the existing results of this dataset come from another split or store; "
+                         "rerun without --add (or with --fresh)")
+    key = lambda g: (g["model"], g["k"], g["lam"], g["p"])  # noqa: E731
+    fresh = {key(g) for g in new["grid"]}
+    grid = [g for g in old["grid"] if key(g) not in fresh] + new["grid"]
+    out = dict(new)
+    out["grid"] = grid
+    out["rows"] = _choose(grid)
+    s = dict(new["settings"])
+    s["lams"] = sorted({g["lam"] for g in grid})
+    s["ps"] = sorted({g["p"] for g in grid})
+    s["ks"] = sorted({g["k"] for g in grid if g["k"] is not None})
+    out["settings"] = s
+    out["timings"] = {k: old["timings"].get(k, 0.0) + v for k, v in new["timings"].items()}
+    return out
+
+
+def _label_runs(d: dict) -> None:
+    """Results written before runs were recorded: one run, named after its command, owns every number."""
+    if d.get("runs"):
+        return
+    run_id = "earlier (Dask backend)"
+    d["runs"] = [{"id": run_id, "command": d.get("command", "?"), "seconds": d["seconds"]["total"],
+                  "lams": d["main"]["settings"]["lams"], "ps": d["main"]["settings"]["ps"], "ks": d["ks"],
+                  "n_power_iter": d["main"]["settings"].get("n_power_iter"), "backend": "dask"}]
+    for run in (d["main"], d.get("edlae_opt_run") or {}):
+        for g in run.get("grid", []):
+            g.setdefault("run", run_id)
+
+
+def run_dataset(name: str, args, client, previous: dict | None, command: str) -> dict:
     from edlae_dask.evaluation import Evaluator
     from edlae_dask.ingest import ingest
 
@@ -128,22 +198,23 @@ def run_dataset(name: str, args, client) -> dict:
     rep_ingest = ingest(str(source), str(store), min_value=min_value, overwrite=True)
     t_ingest = time.perf_counter() - t0
     log.info("%s: ingested in %.1f s (%s)", name, t_ingest, rep_ingest)
+    run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
 
     out: dict = {"dataset": name, "source": str(source.relative_to(args.data_dir.parent))
                  if args.data_dir.parent in source.parents else str(source),
                  "type": info.get("type"), "min_value": min_value}
     with Evaluator(str(store), n_valid=args.n_valid, n_test=args.n_test, seed=args.seed, dtype=args.dtype,
-                   client=client) as ev:
+                   client=client, backend=args.backend) as ev:
         n = ev.n_items
-        ks = sorted({k for k in args.ks if 0 < k < n})
+        ks = sorted({k for k in args.ks if 0 < k < n and k <= args.max_k_fraction * n})
         dropped = [k for k in args.ks if k not in ks]
         if dropped:
-            log.info("%s: ranks %s dropped (need 0 < k < n_items = %d)", name, dropped, n)
-        models = ["edlae", "lae", "full-rank", "ease"]
+            log.info("%s: ranks %s dropped (need 0 < k <= %g n_items = %d)", name, dropped, args.max_k_fraction, n)
+        models = list(args.models)
         log.info("%s: %d items; ranks %s; λ %s; p %s", name, n, ks, args.lams, args.ps)
         t1 = time.perf_counter()
-        rep = ev.run(models=models, ks=ks, lams=args.lams, ps=args.ps)
-        log.info("%s: main grid in %.1f s\n%s", name, time.perf_counter() - t1, rep.table())
+        rep = ev.run(models=models, ks=ks, lams=args.lams, ps=args.ps, n_power_iter=args.n_power_iter)
+        log.info("%s: grid in %.1f s\n%s", name, time.perf_counter() - t1, rep.table())
         main = rep.as_dict()
         opt = None
         opt_ks = [k for k in ks if k <= args.opt_max_k]
@@ -151,24 +222,40 @@ def run_dataset(name: str, args, client) -> dict:
             t2 = time.perf_counter()
             rep_opt = ev.run(models=["edlae", "edlae-opt"], ks=opt_ks, lams=args.lams, ps=args.ps,
                              exact_points=args.opt_points, exact_maxiter=args.opt_maxiter,
-                             max_items_exact=max(args.opt_max_items, n))
+                             max_items_exact=max(args.opt_max_items, n), n_power_iter=args.n_power_iter)
             log.info("%s: edlae-opt at k=%s in %.1f s\n%s", name, opt_ks, time.perf_counter() - t2, rep_opt.table())
             opt = rep_opt.as_dict()
         else:
             log.info("%s: edlae-opt skipped (n_items %d, opt_max_items %d, ranks <= %d: %s)", name, n,
                      args.opt_max_items, args.opt_max_k, opt_ks)
-    rows = [r for r in main["rows"]]
+    for g in main["grid"]:
+        g["run"] = run_id
+    for g in (opt or {}).get("grid", []):
+        g["run"] = run_id
+    seconds = time.perf_counter() - t0
+    run = {"id": run_id, "command": command, "seconds": seconds, "lams": list(args.lams), "ps": list(args.ps),
+           "ks": ks, "n_power_iter": args.n_power_iter, "backend": args.backend}
+    runs = [run]
+    if previous is not None:
+        main = _merge(previous["main"], main)
+        if opt is None:
+            opt = previous.get("edlae_opt_run")
+        runs = previous.get("runs", []) + runs
+        ks = sorted(set(ks) | set(previous["ks"]))
+    rows = list(_choose(main["grid"]))
     if opt is not None:
         rows += [r for r in opt["rows"] if r["model"] == "edlae-opt"]
+    main["rows"] = [r for r in rows if r["model"] != "edlae-opt"]
     out.update({
         "n_items": n,
         "ks": ks,
         "ks_dropped": dropped,
         "rows": rows,
-        "edge_notes": _edge_notes(rows, args.lams, args.ps),
+        "edge_notes": _edge_notes(rows, main["grid"] + ((opt or {}).get("grid") or [])),
         "main": main,
         "edlae_opt_run": opt,
-        "seconds": {"ingest": t_ingest, "total": time.perf_counter() - t0,
+        "runs": runs,
+        "seconds": {"ingest": t_ingest, "total": sum(r["seconds"] for r in runs),
                     "main_run": main["timings"]["run"], "opt_run": opt["timings"]["run"] if opt else None},
     })
     return out
@@ -193,7 +280,7 @@ def _cell(r) -> str:
 
 def write_markdown(results: dict, path: Path, command: str) -> None:
     lines = ["# Figure 1 on real data: test nDCG@100 vs rank k", "",
-             f"Command: `{command}`", "",
+             f"Last written by `{command}`; each dataset lists the runs (commands) that produced its numbers.", "",
              "Strong generalization (Liang et al. 2018); λ and p chosen per model and rank on validation users "
              "(nDCG@100), reported on test users as mean ± standard error; (λ, p) is the chosen point. "
              "`edlae-opt` = numerical optimum of eq. 14 started from Algorithm 1 (only where affordable); "
@@ -202,11 +289,25 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
     for name, d in results["datasets"].items():
         rows = d["rows"]
         sp = d["main"]["split"]
-        lines += [f"## {name} ({d['n_items']:,} items)", "",
+        runs = d.get("runs") or [{"id": "-", "command": d.get("command", command), "seconds": d["seconds"]["total"],
+                                  "lams": d["main"]["settings"]["lams"], "ps": d["main"]["settings"]["ps"],
+                                  "ks": d["ks"]}]
+        points = sorted({(g["lam"], g["p"]) for g in d["main"]["grid"] if g["model"] != "ease"})
+        kept = (f"{d['n_items']:,} items" if sp.get("n_items", d["n_items"]) == d["n_items"] else
+                f"{sp['n_items']:,} items, {d['n_items']:,} with training interactions kept")
+        lines += [f"## {name} ({kept})", "",
                   f"{sp['n_train_users']:,} training users, {sp['n_valid_evaluated']:,} validation / "
-                  f"{sp['n_test_evaluated']:,} test users evaluated; grid λ ∈ {{{', '.join(f'{x:g}' for x in d['main']['settings']['lams'])}}}, "
-                  f"p ∈ {{{', '.join(f'{x:g}' for x in d['main']['settings']['ps'])}}}; "
-                  f"{d['seconds']['total']:.0f} s in all. Command: `{d.get('command', command)}`.", ""]
+                  f"{sp['n_test_evaluated']:,} test users evaluated; {len(points)} (λ, p) points in all, "
+                  f"λ ∈ {{{', '.join(f'{x:g}' for x in sorted({pt[0] for pt in points}))}}}, "
+                  f"p ∈ {{{', '.join(f'{x:g}' for x in sorted({pt[1] for pt in points}))}}}; "
+                  f"{sum(r['seconds'] for r in runs):.0f} s in all"
+                  f"{' (dense backend)' if d['main']['settings'].get('backend') == 'dense' else ''}.", ""]
+        if len(runs) > 1 or d.get("runs"):
+            lines += ["Runs (each grid number in the JSON names its run):", ""]
+            lines += [f"- `{r['id']}`: λ ∈ {{{', '.join(f'{x:g}' for x in r['lams'])}}} × p ∈ "
+                      f"{{{', '.join(f'{x:g}' for x in r['ps'])}}}, k ∈ {{{', '.join(str(k) for k in r['ks'])}}}, "
+                      f"{r['seconds']:.0f} s: `{r['command']}`" for r in runs]
+            lines.append("")
         lines += ["| k | EDLAE, Algorithm 1 | unconstrained LAE | EDLAE − LAE | edlae-opt (numerical optimum) | objective ratio | Δ opt − closed |",
                   "|---:|---|---|---:|---|---:|---:|"]
         for k in d["ks"]:
@@ -224,6 +325,9 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
             lines += ["Chosen points on the grid edge: " + "; ".join(d["edge_notes"]) + ".", ""]
     for name, e in results.get("skipped", {}).items():
         lines += [f"## {name}: skipped", "", f"{e['error']} (command: `{e['command']}`)", ""]
+    notes = path.parent / "notes.md"  # hand-written reading of the numbers, kept across re-renders
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -294,7 +398,20 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=HERE / "work" / "figure1")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--fresh", action="store_true", help="drop results of datasets not run now")
+    ap.add_argument("--add", action="store_true",
+                    help="refine: evaluate these grid points and merge them into the dataset's existing grid "
+                         "(same split); each (model, k) is then chosen over the union")
+    ap.add_argument("--import", dest="imports", type=Path, action="append", default=[],
+                    help="merge the datasets of another figure1.json (a slow dataset run with --out elsewhere) "
+                         "into this output; with --datasets '' only merge and render")
+    ap.add_argument("--backend", choices=("dense", "dask"), default="dense",
+                    help="Evaluator backend (default dense: one process, reused n x n buffers)")
+    ap.add_argument("--n-power-iter", type=int, default=None, help="eigensolver power iterations (default 3)")
+    ap.add_argument("--models", default="edlae,lae,full-rank,ease",
+                    help="models of the grid (ease adds a p = 0 point per λ: an extra inverse each)")
+    ap.add_argument("--max-k-fraction", type=float, default=0.5, help="drop ranks above this fraction of n_items")
     args = ap.parse_args()
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.ks = _ints(args.ks or (QUICK_KS if args.quick else DEFAULT_KS))
     args.lams = _floats(args.lams or (QUICK_LAMS if args.quick else DEFAULT_LAMS))
     args.ps = _floats(args.ps or (QUICK_PS if args.quick else DEFAULT_PS))
@@ -325,25 +442,34 @@ def main() -> None:
             results = {"datasets": {}}
     results["environment"] = {"python": platform.python_version(), "machine": platform.machine(),
                               "processor": platform.processor(), "edlae_dask": __version__}
+    for path in args.imports:
+        other = json.loads(path.read_text())
+        results["datasets"].update(other["datasets"])
+        log.info("imported %s from %s", ", ".join(other["datasets"]), path)
+    for d in results["datasets"].values():
+        _label_runs(d)
     datasets = [s.strip() for s in args.datasets.split(",") if s.strip()]
     t0 = time.perf_counter()
-    with connect("local", n_workers=args.workers) as client:
-        results["environment"]["workers"] = len(client.scheduler_info()["workers"])
+    with (connect("local", n_workers=args.workers) if args.backend == "dask" else contextlib.nullcontext()) as client:
+        results["environment"]["workers"] = len(client.scheduler_info()["workers"]) if client else 0
+        results["environment"]["backend"] = args.backend
         for name in datasets:
             try:
-                d = run_dataset(name, args, client)
+                d = run_dataset(name, args, client, results["datasets"].get(name) if args.add else None, command)
             except MemoryBudgetError as e:  # e.g. gowalla on a small machine: record it, go on with the rest
                 log.error("%s skipped: %s", name, e)
                 results.setdefault("skipped", {})[name] = {"error": str(e), "command": command}
                 json_path.write_text(json.dumps(results, indent=2, default=_json_default))
                 continue
-            d["command"] = command
             results["datasets"][name] = d
             results.get("skipped", {}).pop(name, None)
             json_path.write_text(json.dumps(results, indent=2, default=_json_default))
             write_markdown(results, args.out / "figure1.md", command)
             write_plot(results, args.out / "figure1.png")
             log.info("%s done in %.0f s; results in %s", name, d["seconds"]["total"], args.out)
+    json_path.write_text(json.dumps(results, indent=2, default=_json_default))
+    write_markdown(results, args.out / "figure1.md", command)
+    write_plot(results, args.out / "figure1.png")
     print((args.out / "figure1.md").read_text())
     print(f"total {time.perf_counter() - t0:.0f} s; outputs in {args.out}")
 

@@ -1,4 +1,4 @@
-"""The ``edlae-dask`` command line: ingest, train, score, evaluate, demo, info.
+"""The ``edlae-dask`` command line: ingest, train, score, evaluate, run (a job spec), demo, info.
 
 The commands parse options, set up logging and the cluster, and call the library;
 they hold no math and no zarr. User errors (:class:`EdlaeError`) print one line to
@@ -17,7 +17,10 @@ from pathlib import Path
 import click
 
 from edlae_dask._version import __version__
+from edlae_dask.jobspec import SpecCommand
 
+_CLUSTER_HELP = ("'local' (embedded LocalCluster), 'threads', a scheduler address tcp://… / tls://…, "
+                 "or a cluster spec file (cluster/README.md)")
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("edlae_dask.cli")
 
@@ -62,7 +65,7 @@ def cli(ctx, verbose):
 # --------------------------------------------------------------------------- ingest
 
 
-@cli.command()
+@cli.command(cls=SpecCommand)
 @click.argument("source", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(), help="Interaction store to write (a directory).")
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -104,8 +107,15 @@ def _train_options(fn):
         click.option("--block-size", type=int, default=None, help="Side of the n x n blocks (default 2048/4096)."),
         click.option("--oversamples", "n_oversamples", type=int, default=None, help="Eigensolver oversampling (default: measured rule)."),
         click.option("--power-iters", "n_power_iter", type=int, default=None, help="Eigensolver power iterations."),
+        click.option("--path", "train_path", type=click.Choice(["auto", "dense", "scalable"]), default="auto",
+                     show_default=True, help="dense: exact Algorithm 1 (n x n matrices); scalable: K neighbours per "
+                     "item, no n x n matrix; auto: dense if it fits the cluster's memory."),
+        click.option("--neighbors", type=int, default=256, show_default=True,
+                     help="Scalable path: neighbours per item (K)."),
+        click.option("--neighbor-score", type=click.Choice(["count", "cosine"]), default="count", show_default=True,
+                     help="Scalable path: how neighbours are ranked."),
         click.option("--cluster", default="local", show_default=True,
-                     help="'local' (embedded LocalCluster), 'threads', or a scheduler address tcp://… / tls://…"),
+                     help=_CLUSTER_HELP),
         click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core)."),
         click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal)."),
     ]
@@ -114,23 +124,29 @@ def _train_options(fn):
     return fn
 
 
-@cli.command()
+@cli.command(cls=SpecCommand)
 @click.option("--interactions", required=True, type=click.Path(), help="Interaction store (from `edlae-dask ingest`).")
 @click.option("--out", required=True, type=click.Path(), help="Factor store to publish into.")
 @click.option("--overwrite", is_flag=True, help="Publish a new version into an existing factor store.")
+@click.option("--checkpoint-dir", type=click.Path(), default=None,
+              help="Dense path: keep the Gram and the inverse here (about 2·n²·itemsize bytes; a directory all "
+                   "workers see) and reuse them when a rerun has the same inputs, so a killed job resumes. "
+                   "Default: no checkpoints.")
 @_train_options
 @_user_errors
 def train(interactions, out, overwrite, k, lam, p, dtype, seed, block_size, n_oversamples, n_power_iter,
-          cluster, n_workers, progress):
+          train_path, neighbors, neighbor_score, cluster, n_workers, progress, checkpoint_dir):
     """Train U, V of Algorithm 1 on an interaction store and publish them to a factor store."""
     from edlae_dask.cluster import connect
     from edlae_dask.model import TrainParams, train as run_train
 
     params = TrainParams(k=k, lam=lam, p=p, dtype=dtype, seed=seed, block_size=block_size,
-                         n_oversamples=n_oversamples, n_power_iter=n_power_iter).validate()
+                         n_oversamples=n_oversamples, n_power_iter=n_power_iter, path=train_path,
+                         neighbors=neighbors, neighbor_score=neighbor_score).validate()
     progress = sys.stderr.isatty() if progress is None else progress
     with connect(cluster, n_workers=n_workers) as client:
-        res = run_train(interactions, params=params, client=client, out=out, overwrite=overwrite, progress=progress)
+        res = run_train(interactions, params=params, client=client, out=out, overwrite=overwrite, progress=progress,
+                        checkpoint_dir=checkpoint_dir)
     _print_train_summary(res, out)
 
 
@@ -159,7 +175,7 @@ def _print_train_summary(res, out) -> None:
 @_train_options
 @_user_errors
 def demo(workdir, n_users, n_items, k, lam, p, dtype, seed, block_size, n_oversamples, n_power_iter,
-         cluster, n_workers, progress):
+         train_path, neighbors, neighbor_score, cluster, n_workers, progress):
     """Make skewed synthetic interactions, ingest them, train on the embedded cluster, summarize."""
     import shutil
 
@@ -188,7 +204,8 @@ def demo(workdir, n_users, n_items, k, lam, p, dtype, seed, block_size, n_oversa
     report = run_ingest(str(csv), str(work / "interactions.zarr"))
     click.echo(report.summary())
     params = TrainParams(k=k, lam=lam, p=p, dtype=dtype, seed=seed, block_size=block_size,
-                         n_oversamples=n_oversamples, n_power_iter=n_power_iter).validate()
+                         n_oversamples=n_oversamples, n_power_iter=n_power_iter, path=train_path,
+                         neighbors=neighbors, neighbor_score=neighbor_score).validate()
     progress = sys.stderr.isatty() if progress is None else progress
     with connect(cluster, n_workers=n_workers) as client:
         res = run_train(str(work / "interactions.zarr"), params=params, client=client, out=str(work / "factors"),
@@ -266,7 +283,7 @@ def _count_or_fraction(text: str):
     return int(value) if value >= 1 and value.is_integer() and "." not in text else value
 
 
-@cli.command()
+@cli.command(cls=SpecCommand)
 @click.option("--interactions", required=True, type=click.Path(), help="Interaction store (from `edlae-dask ingest`).")
 @click.option("--k", "ks", cls=_ManyValues, help="Ranks of the low-rank models: --k 50 200 (or 50,200).")
 @click.option("--lam", "lams", cls=_ManyValues, help="λ grid: --lam 50 200 500.  [default: 20]")
@@ -286,7 +303,7 @@ def _count_or_fraction(text: str):
 @click.option("--exact-points", type=click.Choice(["chosen", "grid"]), default="chosen", show_default=True,
               help="edlae-opt at Algorithm 1's chosen (λ, p) per k, or at every grid point (tuned on validation).")
 @click.option("--cluster", default="local", show_default=True,
-              help="'local' (embedded LocalCluster), 'threads', or a scheduler address tcp://… / tls://…")
+              help=_CLUSTER_HELP)
 @click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core).")
 @click.option("--out", type=click.Path(), default=None, help="Write the full report (every grid point) as JSON here.")
 @_user_errors
@@ -320,13 +337,13 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
 # --------------------------------------------------------------------------- score
 
 
-@cli.command()
+@cli.command(cls=SpecCommand)
 @click.option("--factors", required=True, type=click.Path(), help="Factor store (from `edlae-dask train`); its latest version.")
 @click.option("--interactions", required=True, type=click.Path(), help="Interaction store of the users to score.")
 @click.option("--out", required=True, type=click.Path(), help="Recommendations store to write (a directory).")
 @click.option("--top-n", "top_n", type=int, default=100, show_default=True, help="Items kept per user, best first.")
 @click.option("--cluster", default="local", show_default=True,
-              help="'local' (embedded LocalCluster), 'threads', or a scheduler address tcp://… / tls://…")
+              help=_CLUSTER_HELP)
 @click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core).")
 @click.option("--item-block", type=int, default=None, help="Items per score block (default: 32 MiB blocks).")
 @click.option("--user-batch", type=int, default=None, help="Users per score block (default 1024).")
@@ -343,6 +360,30 @@ def score(factors, interactions, out, top_n, cluster, n_workers, item_block, use
         report = run_score(factors, interactions, out, top_n=top_n, client=client, item_block=item_block,
                            user_batch=user_batch, exclude_seen=not include_seen, progress=progress)
     click.echo(report.summary())
+
+
+# --------------------------------------------------------------------------- run
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("spec_file", metavar="SPEC", type=click.Path())
+@click.argument("flags", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+@_user_errors
+def run(ctx, spec_file, flags):
+    """Run the job a spec names (jobs/*.yaml); FLAGS of that job override the spec's keys.
+
+    \b
+    edlae-dask run jobs/train.yaml
+    edlae-dask run jobs/train.yaml --k 200 --cluster tls-cluster.yaml
+    edlae-dask run jobs/score.yaml --check     # validate and print the options; no work
+    """
+    from edlae_dask.jobspec import job_of
+
+    job = job_of(spec_file)
+    command = cli.commands[job]
+    with command.make_context(job, ["--spec", spec_file, *flags], parent=ctx) as sub:
+        return command.invoke(sub)
 
 
 # --------------------------------------------------------------------------- info

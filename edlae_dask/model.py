@@ -19,6 +19,7 @@ holds the same two n×n matrices. The implicit operator is kept
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import numbers
 import time
@@ -30,6 +31,7 @@ import numpy as np
 
 from edlae_dask.errors import MemoryBudgetError, ModelFitError, ParameterError
 from edlae_dask.gram import symmetric_from_lower
+from edlae_dask.scalable.neighbors import NEIGHBOR_SCORES
 
 log = logging.getLogger("edlae_dask.model")
 
@@ -128,6 +130,9 @@ def student_factors(C: da.Array, d: np.ndarray, V: da.Array) -> da.Array:
 # --------------------------------------------------------------------------- parameters
 
 MAX_BLOCK_SIZE = 8192
+#: ``dense``: exact Algorithm 1 (n × n matrices); ``scalable``: neighbour-restricted teacher,
+#: matrix-free student (:mod:`edlae_dask.scalable`); ``auto``: dense if it fits the cluster's memory.
+TRAINING_PATHS = ("auto", "dense", "scalable")
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ class TrainParams:
     n_oversamples: int | None = None
     n_power_iter: int | None = None
     seed: int = 0
+    path: str = "auto"
+    neighbors: int = 256
+    neighbor_score: str = "count"
 
     def validate(self, n_items: int | None = None) -> "TrainParams":
         def bad(name, want, got):
@@ -167,6 +175,12 @@ class TrainParams:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, numbers.Integral) or v < 0):
                 raise bad(name, "an int >= 0 or None (chosen by measurement)", v)
+        if self.path not in TRAINING_PATHS:
+            raise bad("path", f"one of {TRAINING_PATHS}", self.path)
+        if not isinstance(self.neighbors, numbers.Integral) or isinstance(self.neighbors, bool) or self.neighbors < 1:
+            raise bad("neighbors", "a positive int (neighbours per item of the scalable path)", self.neighbors)
+        if self.neighbor_score not in NEIGHBOR_SCORES:
+            raise bad("neighbor_score", f"one of {NEIGHBOR_SCORES}", self.neighbor_score)
         return self
 
     def resolved_block_size(self, n_items: int) -> int:
@@ -203,6 +217,42 @@ def check_memory(n_items: int, params: TrainParams, total_bytes: int, n_workers:
     return need
 
 
+def choose_path(store, params: TrainParams, total_bytes: int, n_workers: int, worker_bytes: int) -> tuple[str, int]:
+    """Pick the training path before any work; return (path, estimated peak bytes).
+
+    ``auto`` takes the dense path (exact Algorithm 1) when its two n × n matrices fit
+    75 % of the cluster's memory, and the scalable path otherwise. Raises
+    :class:`MemoryBudgetError` when the chosen path cannot fit.
+    """
+    from edlae_dask.scalable.pipeline import scalable_memory_estimate
+
+    n = store.n_items
+    itemsize = np.dtype(params.dtype).itemsize
+    budget = int(0.75 * total_bytes)
+    dense_need = dense_memory_estimate(n, params.k, itemsize)
+    if params.path == "dense" or (params.path == "auto" and dense_need <= budget):
+        need = check_memory(n, params, total_bytes, n_workers, worker_bytes)
+        if params.path == "auto":
+            log.info("path: dense (auto): its n x n matrices need about %.2f GiB of the %.2f GiB usable",
+                     need / 2**30, budget / 2**30)
+        return "dense", need
+    if params.path == "auto":
+        log.info("path: scalable (auto), because the dense path's n x n matrices need about %.1f GiB, more than "
+                 "the %.1f GiB usable", dense_need / 2**30, budget / 2**30)
+    need = scalable_memory_estimate(n, store.n_users, store.nnz, params.k, min(params.neighbors, n - 1), itemsize,
+                                    n_workers, params.n_oversamples)
+    if need > budget:
+        raise MemoryBudgetError(
+            f"the scalable path needs about {need / 2**30:.1f} GiB for {store.n_users} users x {n} items "
+            f"({store.nnz} interactions, K={params.neighbors} neighbours, k={params.k}), but the cluster offers "
+            f"{total_bytes / 2**30:.1f} GiB over {n_workers} workers (75 % usable: {budget / 2**30:.1f} GiB). "
+            "Lower --neighbors or --k, use --dtype float32, or add memory."
+        )
+    log.info("path: scalable: K=%d neighbours per item; estimated peak memory %.2f GiB of %.2f GiB usable",
+             min(params.neighbors, n - 1), need / 2**30, budget / 2**30)
+    return "scalable", need
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -221,6 +271,8 @@ class TrainResult:
     eigensolver: dict = field(default_factory=dict)
     version: str | None = None
     seconds: float = 0.0
+    path: str = "dense"
+    path_info: dict = field(default_factory=dict)
 
 
 def _persist(x, client, progress: bool):
@@ -230,15 +282,20 @@ def _persist(x, client, progress: bool):
 
         with ProgressBar() if progress else contextlib.nullcontext():
             return x.persist(scheduler="threads")
-    from distributed import progress as show_progress, wait
+    from distributed import futures_of, progress as show_progress, wait
 
     x = client.persist(x)
     (show_progress if progress else wait)(x)
+    # waiting does not raise: surface a failed block's own error (e.g. KilledWorker) now, not
+    # later as "lost dependencies" of whatever reads the blocks next
+    failed = [f for f in futures_of(x) if f.status == "error"]
+    if failed:
+        failed[0].result()
     return x
 
 
 def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool = False,
-          progress: bool = False, stage_log=None) -> TrainResult:
+          progress: bool = False, stage_log=None, checkpoint_dir=None) -> TrainResult:
     """Run Algorithm 1 on the interaction store and (optionally) publish the factors.
 
     Parameters
@@ -254,6 +311,12 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
         Allow publishing into an existing factor store.
     progress : bool, default=False
         Show a progress bar for each distributed stage.
+    checkpoint_dir : str or os.PathLike, optional
+        Dense path: write the Gram and the inverse there as they are computed, and
+        reuse those whose fingerprint (interaction store, dtype, block size; λ, p
+        for the inverse) matches, so a killed job resumes after its last finished
+        stage (:mod:`edlae_dask.checkpoint`). Must be visible to every worker; costs
+        about 2·n²·itemsize bytes of disk. ``None``: no checkpoints.
     """
     from edlae_dask.cluster import cluster_memory
     from edlae_dask.diagnostics import StageLog
@@ -267,11 +330,11 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
     dtype = np.dtype(params.dtype)
     block = params.resolved_block_size(n)
     total, smallest, n_workers = cluster_memory(client)
-    need = check_memory(n, params, total, n_workers, smallest)
+    path, need = choose_path(store, params, total, n_workers, smallest)
     log.info(
-        "dense path: %d users x %d items, %d interactions; k=%d, lam=%g, p=%g, %s, blocks of %d; "
+        "%s path: %d users x %d items, %d interactions; k=%d, lam=%g, p=%g, %s, blocks of %d; "
         "estimated peak memory %.2f GiB of %.2f GiB",
-        store.n_users, n, store.nnz, params.k, params.lam, params.p, params.dtype, block, need / 2**30, total / 2**30,
+        path, store.n_users, n, store.nnz, params.k, params.lam, params.p, params.dtype, block, need / 2**30, total / 2**30,
     )
     writer = FactorWriter(out, overwrite=overwrite) if out is not None else None
     stages = stage_log or StageLog(client)
@@ -280,7 +343,11 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
     scheduler = dask.config.set(scheduler="threads") if client is None else client.as_current()
     with scheduler:
         try:
-            result = _train_stages(store, params, client, writer, stages, progress, dtype, block, out, t_start)
+            if path == "dense":
+                result = _train_stages(store, params, client, writer, stages, progress, dtype, block, out, t_start,
+                                       checkpoint_dir)
+            else:
+                result = _train_scalable(store, params, client, writer, stages, progress, out, t_start, n_workers)
             peak = max(r.peak_total_bytes for r in stages.records)
             # the estimate counts the matrices only; the sampled peak includes each process's baseline
             log.info("peak memory %.2f GiB (processes included) against the estimate of %.2f GiB for the matrices",
@@ -300,13 +367,34 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
                 writer.abort()
 
 
-def _train_stages(store, params, client, writer, stages, progress, dtype, block, out, t_start) -> TrainResult:
+def _train_stages(store, params, client, writer, stages, progress, dtype, block, out, t_start,
+                  checkpoint_dir=None) -> TrainResult:
+    from edlae_dask.checkpoint import StageCheckpoints
     from edlae_dask.gram import gram
     from edlae_dask.linalg import randomized_eigh, spd_inverse
 
     n = store.n_items
+    checkpoints = None if checkpoint_dir is None else StageCheckpoints(
+        checkpoint_dir, interactions_fingerprint=store.fingerprint, n_items=n, dtype=dtype.name, block_size=block,
+        lam=params.lam, p=params.p)
+
+    def persist(x):
+        return _persist(x, client, progress)
+
+    def checkpointed(stage, compute, info):
+        return compute() if checkpoints is None else checkpoints.run(stage, compute, persist, client, info)
+
+    def compute_gram():
+        return {"G": persist(gram(store, block_size=block, dtype=dtype))}
+
+    def compute_inverse(P):
+        C = persist(spd_inverse(P))
+        return {"C": C, "diag_c": da.diagonal(C).compute()}
+
     with stages.stage("gram", f"XᵀX over {store.n_shards} shards") as info:
-        G = _persist(gram(store, block_size=block, dtype=dtype), client, progress)
+        # the persisted blocks stay referenced until M is made: a worker lost meanwhile has its
+        # blocks recomputed by the scheduler from their graph (or re-read from the checkpoint)
+        G = checkpointed("gram", compute_gram, info)["G"]
         diag_g = da.diagonal(G).compute()
         info["blocks"] = len(G.chunks[0])
     if params.lam == 0 and np.any(diag_g == 0):
@@ -316,10 +404,11 @@ def _train_stages(store, params, client, writer, stages, progress, dtype, block,
             f"{empty.size} items have no interactions (e.g. ids {ids}) and lam = 0, so P = XᵀX + Λ is singular. "
             "Use lam > 0, or re-ingest with --min-item-interactions 1 so such items are dropped."
         )
-    with stages.stage("inverse", "C = (XᵀX + Λ)⁻¹, blocked Cholesky"):
+    with stages.stage("inverse", "C = (XᵀX + Λ)⁻¹, blocked Cholesky") as info:
         P = regularize(G, params.lam, params.p)
-        C = _persist(spd_inverse(P), client, progress)
-        diag_c = da.diagonal(C).compute()
+        inverse = checkpointed("inverse", functools.partial(compute_inverse, P), info)
+        C, diag_c = inverse["C"], inverse["diag_c"]
+        del inverse
         d = teacher_scaling(diag_c)
     with stages.stage("student", "M = BᵀPB, block by block"):
         M = student_matrix(P, C, d)
@@ -358,10 +447,15 @@ def _train_stages(store, params, client, writer, stages, progress, dtype, block,
         interactions_fingerprint=store.fingerprint,
         eigensolver=dict(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter),
     )
+    return _finish(result, store, client, writer, stages, out, t_start)
+
+
+def _finish(result: TrainResult, store, client, writer, stages, out, t_start) -> TrainResult:
+    """Publish the factors (if asked) and fill in the stage records."""
     if writer is not None:
         with stages.stage("publish", f"factor store {out}"):
-            _store(writer, "U", U, client)
-            _store(writer, "V", V, client)
+            _store(writer, "U", result.U, client)
+            _store(writer, "V", result.V, client)
             writer.write_array("item_ids", result.item_ids)
             writer.write_array("eigenvalues", result.eigenvalues)
             writer.write_array("ritz_residuals", result.ritz_residuals)
@@ -369,6 +463,28 @@ def _train_stages(store, params, client, writer, stages, progress, dtype, block,
     result.stages = stages.as_dict()
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _train_scalable(store, params, client, writer, stages, progress, out, t_start, n_workers) -> TrainResult:
+    """The scalable path (:mod:`edlae_dask.scalable`): no n x n matrix anywhere."""
+    from edlae_dask.scalable.pipeline import scalable_stages
+
+    operator, eig, info = scalable_stages(store, params, client, stages, progress, n_workers)
+    V = eig.eigenvectors
+    U = _persist(operator.factors_u(V), client, progress)
+    result = TrainResult(
+        U=U,
+        V=V,
+        eigenvalues=np.asarray(eig.eigenvalues),
+        ritz_residuals=np.asarray(eig.ritz_residuals),
+        item_ids=store.item_ids(),
+        params=params,
+        interactions_fingerprint=store.fingerprint,
+        eigensolver=dict(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter),
+        path="scalable",
+        path_info=info,
+    )
+    return _finish(result, store, client, writer, stages, out, t_start)
 
 
 def _store(writer, name, x, client) -> None:
@@ -387,7 +503,8 @@ def _factor_attrs(result: TrainResult, store, stages) -> dict:
         p=float(p.p),
         dtype=p.dtype,
         seed=p.seed,
-        path="dense",
+        path=result.path,
+        **({"scalable": result.path_info} if result.path_info else {}),
         n_items=int(store.n_items),
         n_users=int(store.n_users),
         nnz=int(store.nnz),
@@ -431,6 +548,15 @@ class EDLAE:
         :func:`edlae_dask.linalg.randomized_eigh`.
     seed : int, default=0
         Seed of the eigensolver's random start: same seed, same factors.
+    path : {"auto", "dense", "scalable"}, default="auto"
+        ``dense`` is exact Algorithm 1 and holds two n x n matrices; ``scalable``
+        (:mod:`edlae_dask.scalable`) restricts each item's teacher column to its
+        ``neighbors`` strongest co-occurring items and never forms an n x n matrix;
+        ``auto`` is dense when it fits the cluster's memory.
+    neighbors : int, default=256
+        K, neighbours per item on the scalable path (K = n − 1 is the dense teacher).
+    neighbor_score : {"count", "cosine"}, default="count"
+        How the scalable path ranks candidate neighbours.
 
     Attributes
     ----------
@@ -453,7 +579,8 @@ class EDLAE:
 
     def __init__(self, k: int = 100, *, lam: float = 20.0, p: float = 0.25, dtype: str = "float32",
                  block_size: int | None = None, n_oversamples: int | None = None,
-                 n_power_iter: int | None = None, seed: int = 0):
+                 n_power_iter: int | None = None, seed: int = 0, path: str = "auto", neighbors: int = 256,
+                 neighbor_score: str = "count"):
         self.k = k
         self.lam = lam
         self.p = p
@@ -462,6 +589,9 @@ class EDLAE:
         self.n_oversamples = n_oversamples
         self.n_power_iter = n_power_iter
         self.seed = seed
+        self.path = path
+        self.neighbors = neighbors
+        self.neighbor_score = neighbor_score
 
     def get_params(self) -> dict:
         return {name: getattr(self, name) for name in TrainParams.__dataclass_fields__}

@@ -310,6 +310,12 @@ class ScoreReport:
     n_shards, n_shards_scored, n_shards_skipped, n_shards_pending : int
         Skipped: done before this run (same factor version and interactions);
         pending: still to do (only when ``shards`` limited the run).
+    n_shards_reused : int
+        Shards whose rows were taken from the previous recommendations in ``out``
+        because neither they nor the factor version changed (new interactions for
+        other users); they count as neither scored nor skipped.
+    shards_scored : tuple of int
+        The shards this run scored.
     seconds : float
         Wall time of the whole call.
     score_seconds : float
@@ -338,6 +344,8 @@ class ScoreReport:
     item_block: int
     user_batch: int
     stages: dict = field(default_factory=dict)
+    n_shards_reused: int = 0
+    shards_scored: tuple = ()
 
     @property
     def complete(self) -> bool:
@@ -357,6 +365,7 @@ class ScoreReport:
             f"scored {self.n_users_scored:,} of {self.n_users:,} users (top {self.top_n}) with factor version "
             f"{self.factor_version} in {self.seconds:.1f} s ({self.users_per_second:,.0f} users/s)",
             f"shards: {self.n_shards_scored} scored, {self.n_shards_skipped} skipped (already complete), "
+            f"{self.n_shards_reused} unchanged (taken from the previous recommendations), "
             f"{self.n_shards_pending} pending, of {self.n_shards}; blocks {self.user_batch} users x "
             f"{self.item_block} items",
             state,
@@ -455,7 +464,14 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
     ``top_n``) writes a fresh store under a hidden sibling of ``out`` and replaces
     ``out`` only once every shard is done, so ``out`` keeps the previous complete
     recommendations meanwhile; a killed run leaves that sibling, and the next run
-    with the same inputs resumes it. One run per ``out`` at a time.
+    with the same inputs resumes it. Shards whose own inputs did not change (same
+    factor version, same rows, users and interactions by the interaction store's
+    per-shard fingerprints) are copied from ``out`` into the new store rather than
+    scored again, so new interactions for some users rescore only their shards.
+
+    One run writes ``out`` at a time: a second run started meanwhile (another
+    process, another machine on the same filesystem) waits on ``out``'s lock file
+    and then finds the work done (see :func:`edlae_dask.io.recommendations.output_lock`).
 
     Cost: 2·users·n_items·k flops for the scores, plus XU (2·nnz·k); each task reads
     U and V once. Memory per task: see :func:`top_n_scores`.
@@ -480,19 +496,48 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
     ib, ub = default_blocks(n_items, shard_rows, dtype.itemsize, item_block=item_block, user_batch=user_batch)
     token = recs.scoring_token(factor_version=f.version, n_items=n_items, interactions_fingerprint=store.fingerprint,
                                shard_offsets=offsets, top_n=top_n, exclude_seen=exclude_seen)
+    shard_tokens = recs.shard_tokens(factor_version=f.version, n_items=n_items, shard_offsets=offsets, top_n=top_n,
+                                     exclude_seen=exclude_seen, shard_fingerprints=_shard_fingerprints(store))
     meta = dict(
         top_n=top_n, n_users=store.n_users, n_items=n_items, n_shards=store.n_shards,
         chunk_rows=recs.chunk_rows_for(offsets), shard_offsets=offsets, exclude_seen=bool(exclude_seen),
         factors_path=os.path.abspath(f.path), factor_version=f.version,
         factors_interactions_fingerprint=f.meta.get("interactions_fingerprint"),
         interactions_path=store.path, interactions_fingerprint=store.fingerprint, scoring_token=token,
-        score_dtype=str(dtype),
+        shard_tokens=shard_tokens, score_dtype=str(dtype),
     )
     target = os.path.abspath(os.fspath(out))
+    with recs.output_lock(target):
+        return _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtype, t_start)
+
+
+def _shard_fingerprints(store) -> list[str]:
+    """The interaction store's per-shard fingerprints; for a store without them, ones that match no other store."""
+    fps = store.attrs.get("shard_fingerprints")
+    if isinstance(fps, list) and len(fps) == store.n_shards and all(isinstance(x, str) for x in fps):
+        return fps
+    return [f"{store.fingerprint}:{s}" for s in range(store.n_shards)]
+
+
+def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtype, t_start) -> ScoreReport:
+    """The part of :func:`score` that reads and writes ``out``: run under its lock."""
+    from edlae_dask.diagnostics import StageLog
+    from edlae_dask.io import recommendations as recs
+
+    n_items, top_n, token, offsets = f.n_items, meta["top_n"], meta["scoring_token"], meta["shard_offsets"]
+    exclude_seen = meta["exclude_seen"]
     work, in_place = recs.prepare_output(target, meta=meta, user_ids=store.user_ids(), item_ids=f.item_ids)
+    marker = dict(factor_version=f.version, interactions_fingerprint=store.fingerprint, top_n=top_n,
+                  scoring_token=token)
     done = set(recs.done_shards(work))
+    reused = [] if in_place else recs.carry_over(target, work, shards=[s for s in wanted if s not in done],
+                                                  marker=marker)
+    if reused:
+        log.info("took %d unchanged shards from the previous recommendations in %s (same factor version, same "
+                 "users and interactions)", len(reused), target)
+    done |= set(reused)
     todo = [s for s in wanted if s not in done]
-    skipped = len([s for s in wanted if s in done])
+    skipped = len([s for s in wanted if s in done]) - len(reused)
     log.info(
         "scoring %d users x %d items (k=%d, %s) with factor version %s: top %d, %d shards, blocks of %d users x "
         "%d items (%.0f MB); writing %s%s",
@@ -505,8 +550,6 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
                  "smaller --shard-size for more parallelism)", len(todo), n_workers)
     if skipped:
         log.info("skipped %d complete shards (factor version %s, same interactions)", skipped, f.version)
-    marker = dict(factor_version=f.version, interactions_fingerprint=store.fingerprint, top_n=top_n,
-                  scoring_token=token)
     jobs = [
         _ShardJob(interactions_path=store.path, shard=s, start=offsets[s], stop=offsets[s + 1],
                   factors_path=os.path.abspath(f.path), factor_version=f.version, work_path=work, top_n=top_n,
@@ -533,6 +576,7 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
         n_users_scored=sum(r["users"] for r in records), n_shards=store.n_shards, n_shards_scored=len(records),
         n_shards_skipped=skipped, n_shards_pending=pending, seconds=time.perf_counter() - t_start,
         score_seconds=score_seconds, published=published, item_block=ib, user_batch=ub, stages=stages.as_dict(),
+        n_shards_reused=len(reused), shards_scored=tuple(sorted(r["shard"] for r in records)),
     )
     log.info("scoring done: %d users in %.2f s (%.0f users/s); %s", report.n_users_scored, report.seconds,
              report.users_per_second, f"published {target}" if published else f"{pending} shards pending")

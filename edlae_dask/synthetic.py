@@ -46,6 +46,9 @@ def make_interactions(n_users: int = 20_000, n_items: int = 5_000, *, mean_per_u
 
     topic_of_item = rng.integers(0, n_topics, size=n_items)
     user_topic = rng.integers(0, n_topics, size=n_users)
+    nonempty = np.unique(topic_of_item)
+    if nonempty.size < n_topics:  # few items: users only pick topics that have items
+        user_topic = nonempty[user_topic % nonempty.size]
     from_topic = rng.random(total) < topic_affinity
     cols = rng.choice(n_items, size=total, p=popularity)
     # topical draws: popularity-weighted within the user's topic

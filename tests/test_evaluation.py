@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import clustered_interactions, random_interactions
 from oracle import dense_algorithm1
 from edlae_dask.cli import cli
-from edlae_dask.errors import ParameterError
+from edlae_dask.errors import MemoryBudgetError, ParameterError
 from edlae_dask.evaluation import (
     Evaluator,
     autoencoder_error_bound,
@@ -21,6 +21,7 @@ from edlae_dask.evaluation import (
     objective_eq15,
     objective_eq15_closed_form,
 )
+from edlae_dask.evaluation.dense import PANELS, DenseWorkspace, eigensolve, plan_memory
 from edlae_dask.evaluation.objectives import objective_eq14_grad
 from edlae_dask.gram import gram
 from edlae_dask.io.interactions import write_interactions
@@ -95,6 +96,14 @@ def threaded(problem):
 
 
 @pytest.fixture(scope="module")
+def dense(problem):
+    store, X = problem
+    with Evaluator(store, n_valid=70, n_test=70, seed=3, dtype="float64", block_size=48, backend="dense") as ev:
+        report = ev.run(models="edlae,lae,full-rank,ease", ks=KS, lams=LAMS, ps=PS, n_power_iter=8)
+        return report, ev.split_
+
+
+@pytest.fixture(scope="module")
 def oracle(problem, threaded):
     return oracle_grid(problem[1], threaded[1])
 
@@ -121,8 +130,9 @@ def test_gram_of_selected_users_and_items(tmp_path):
 # --------------------------------------------------------------------------- models against the oracle
 
 
-def test_every_model_and_grid_point_equals_the_dense_oracle(threaded, oracle):
-    report, split = threaded
+@pytest.mark.parametrize("backend", ["threaded", "dense"])
+def test_every_model_and_grid_point_equals_the_dense_oracle(backend, request, oracle):
+    report, split = request.getfixturevalue(backend)
     assert len(report.grid) == len(oracle)
     for g in report.grid:
         want = oracle[(g.model, g.k, g.lam, g.p)]
@@ -132,8 +142,9 @@ def test_every_model_and_grid_point_equals_the_dense_oracle(threaded, oracle):
         assert g.valid["ndcg@100"].n == split.valid.n_users and g.test["ndcg@100"].n == split.test.n_users
 
 
-def test_grid_chooses_the_oracles_best_validation_point(threaded, oracle):
-    report, _ = threaded
+@pytest.mark.parametrize("backend", ["threaded", "dense"])
+def test_grid_chooses_the_oracles_best_validation_point(backend, request, oracle):
+    report, _ = request.getfixturevalue(backend)
     for model in ("edlae", "lae", "full-rank", "ease"):
         for k in (KS if model in ("edlae", "lae") else (None,)):
             points = [(lam, p) for (m, kk, lam, p) in oracle if m == model and kk == k]
@@ -159,6 +170,98 @@ def test_parallel_grid_on_the_cluster_matches_the_threaded_run(problem, threaded
         t = same[(g.model, g.k, g.lam, g.p)]
         for a, b in ((g.valid, t.valid), (g.test, t.test)):
             assert [a[m].mean for m in a] == pytest.approx([b[m].mean for m in b], abs=1e-9)
+
+
+def test_dense_backend_without_the_student_matrix_gives_the_same_grid(problem, dense):
+    store, _ = problem
+    report, split = dense
+    n = split.items.size
+    with_m = plan_memory(n, max(KS), 8, available=2**40)
+    assert with_m.student_matrix
+    limit = with_m.total_bytes - 1  # G, C and the panels fit, M does not
+    with Evaluator(store, n_valid=70, n_test=70, seed=3, dtype="float64", block_size=48, backend="dense",
+                   memory_limit=limit) as ev:
+        implicit = ev.run(models="edlae,lae", ks=KS, lams=LAMS[1:], ps=PS, n_power_iter=8)
+    assert implicit.settings["concurrency"]["student_matrix"] is False
+    same = {(g.model, g.k, g.lam, g.p): g for g in report.grid}
+    for g in implicit.grid:
+        t = same[(g.model, g.k, g.lam, g.p)]
+        assert [g.test[m].mean for m in g.test] == pytest.approx([t.test[m].mean for m in t.test], abs=1e-9)
+    # every stage's memory is recorded with the point
+    stages = implicit.grid[0].extra["dense_stages"]
+    assert [s["stage"].split(": ", 1)[1] for s in stages][:2] == ["P formed and inverted in place",
+                                                                  "edlae student matrix applied implicitly"]
+    assert all(s["peak_rss_gib"] >= s["rss_gib"] > 0 for s in stages)
+
+
+def test_memory_plan_forms_m_when_it_fits_and_refuses_when_nothing_fits():
+    n, k, b = 1000, 50, 4
+    sq, panels = n * n * b, PANELS * n * 2 * k * b
+    assert plan_memory(n, k, b, available=3 * sq + panels).student_matrix
+    implicit = plan_memory(n, k, b, available=3 * sq + panels - 1)
+    assert not implicit.student_matrix and implicit.total_bytes == 2 * sq + panels
+    assert plan_memory(n, 0, b, available=2 * sq).total_bytes == 2 * sq  # full rank only: no M, no panels
+    with pytest.raises(MemoryBudgetError, match="backend='dask'"):
+        plan_memory(n, k, b, available=2 * sq + panels - 1)
+
+
+def test_dense_workspace_inverts_in_place_and_forms_the_student():
+    rng = np.random.default_rng(7)
+    n = 23
+    X = (rng.random((60, n)) < 0.3).astype(np.float64)
+    G = X.T @ X
+    lam_diag = 2.0 + 0.5 * np.diag(G)
+    plan = plan_memory(n, 4, 8, available=2**30)
+    ws = DenseWorkspace(G.copy(), plan, block=5)  # ragged blocks when mirroring the triangle
+    C = ws.inverse(lam_diag)
+    P = G + np.diag(lam_diag)
+    np.testing.assert_allclose(C, np.linalg.inv(P), rtol=1e-10, atol=1e-13)
+    assert ws.inverse(lam_diag) is C and np.array_equal(ws.G, G)  # buffer reused, Gram untouched
+    d = 1.0 / np.diag(C)
+    M = P - 2 * np.diag(d) + np.diag(d) @ C @ np.diag(d)  # Algorithm 1, line 3
+    Q = rng.standard_normal((n, 3))
+    np.testing.assert_allclose(ws.student(d, lam_diag)(Q), M @ Q, rtol=1e-10, atol=1e-10)
+    ws.set_plan(plan_memory(n, 4, 8, available=plan.total_bytes - 1))
+    np.testing.assert_allclose(ws.student(d, lam_diag)(Q), M @ Q, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ws.factors(d, Q), (np.eye(n) - C @ np.diag(d)) @ Q, rtol=1e-10, atol=1e-12)
+
+
+def test_dense_buffers_reach_the_scoring_graphs_as_views_not_copies():
+    import dask
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    from edlae_dask.evaluation.dense import as_dask
+
+    C = np.arange(30.0 * 30).reshape(30, 30)
+    x = as_dask(C, ((8, 8, 8, 6),) * 2, "edlae-test-buffer")
+    np.testing.assert_array_equal(x.compute(scheduler="threads"), C)
+    layer = "edlae-test-shares"
+    graph = HighLevelGraph.from_collections(
+        layer, {layer: (lambda *blocks: [np.shares_memory(b, C) for b in blocks], (x.name, 0, 0), (x.name, 3, 2))},
+        dependencies=[x])
+    assert dask.compute(Delayed(layer, graph, layer=layer), scheduler="threads")[0] == [True, True]
+
+
+def test_leading_columns_of_one_eigensolve_serve_every_smaller_rank(problem, threaded):
+    """The grid takes rank k from the top-k_max Ritz vectors of the randomized solver: for every k < k_max
+    they capture the top-k eigenvalue sum at least as well as a solve at k itself would."""
+    _, X = problem
+    split = threaded[1]
+    Xtr = X[split.train_users][:, split.items].toarray().astype(np.float64)
+    P = Xtr.T @ Xtr + 20.0 * np.eye(Xtr.shape[1])
+    _, _, _, M = closed_form_dense(P, 1)
+    exact = np.sort(np.linalg.eigvalsh(M))[::-1]
+
+    def gap(V, k):  # relative excess of eq. 15 over its exact minimum: 1 − tr(V_kᵀ M V_k) / Σ_{i<=k} λ_i
+        return 1.0 - np.sum(V[:, :k] * (M @ V[:, :k])) / exact[:k].sum()
+
+    k_max = 30  # default settings: a subspace of 60 < 130 columns, so the solver is not exact
+    V = eigensolve(lambda Q: M @ Q, M.shape[0], k_max, np.float64).eigenvectors.compute()
+    assert 0 < gap(V, k_max) < 1e-3
+    for k in (2, 5, 10, 20):
+        alone = eigensolve(lambda Q: M @ Q, M.shape[0], k, np.float64).eigenvectors.compute()
+        assert -1e-12 < gap(V, k) <= gap(alone, k) and gap(V, k) <= gap(V, k_max), k
 
 
 def test_low_rank_models_need_a_rank_and_ranks_below_the_item_count(problem):

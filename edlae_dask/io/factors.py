@@ -34,6 +34,7 @@ import zarr
 from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io._atomic import fsync_dir
+from edlae_dask.io._plain import check_plain_array, get_node
 
 FORMAT_NAME = "edlae-dask/factors"
 FORMAT_VERSION = 1
@@ -52,11 +53,7 @@ def _new_version_name() -> str:
 
 
 def _check_plain_array(arr, where: str) -> None:
-    if arr.dtype == object or arr.dtype.kind not in "biufU":
-        raise StoreFormatError(
-            f"{where} has dtype {arr.dtype}; the factor store holds only numeric and fixed-width string "
-            "arrays (nothing pickled or object-typed is ever loaded). The store is not ours or was tampered with."
-        )
+    check_plain_array(arr, where, "biufU", "factor store")
 
 
 class FactorWriter:
@@ -70,7 +67,8 @@ class FactorWriter:
         self.root = Path(path)
         if self.root.exists():
             if is_factor_store(self.root):
-                if not overwrite:
+                # without LATEST nothing was published (a killed first run): its rerun needs no --overwrite
+                if (self.root / _LATEST).is_file() and not overwrite:
                     raise OutputExistsError(
                         f"{self.root} already holds a factor store; pass --overwrite (overwrite=True) to publish "
                         "a new version into it (the previous versions stay readable until pruned), "
@@ -101,7 +99,9 @@ class FactorWriter:
             zchunks = tuple(c[0] for c in x.chunks)
             # factor values hardly compress, and scoring reads U and V once per user shard:
             # store them raw rather than pay zstd on every read
-            arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=zchunks, compressors=None)
+            # a chunk that is missing on disk then reads as NaN (which scoring refuses), never as zeros
+            arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=zchunks, compressors=None,
+                                          fill_value=np.nan if x.dtype.kind == "f" else None)
             return da.store(x, arr, lock=False, compute=compute)
         x = np.asarray(x)
         arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=chunks or x.shape or None)
@@ -233,9 +233,9 @@ def open_factors(path, version: str | None = None) -> Factors:
         raise StoreFormatError(f"factor version {vpath} is incomplete (its publish did not finish): retrain")
     arrays = {}
     for name in ("U", "V", "item_ids", "eigenvalues"):
-        if name not in group:
+        arrays[name] = get_node(group, name, f"{vpath}/{name}")
+        if not isinstance(arrays[name], zarr.Array):
             raise StoreFormatError(f"factor version {vpath} lacks the array {name!r}: the store is damaged; retrain")
-        arrays[name] = group[name]
         _check_plain_array(arrays[name], f"{vpath}/{name}")
     U, V = arrays["U"], arrays["V"]
     k, n = attrs.get("k"), arrays["item_ids"].shape[0]

@@ -5,7 +5,7 @@ group in a local directory)::
 
     STORE/
       attrs: format, format_version, n_users, n_items, nnz, n_shards, shard_size,
-             fingerprint, created, code_version, source, complete (written last)
+             fingerprint, shard_fingerprints, created, code_version, source, complete (written last)
       shard_offsets          int64 (n_shards + 1,)  shard s holds users offsets[s]:offsets[s+1]
       shards/00000/indptr    int64 (users in shard + 1,)  local, starts at 0
       shards/00000/indices   int32 (nnz of shard,)        item index, sorted and unique per row
@@ -35,6 +35,7 @@ import scipy.sparse as sp
 import zarr
 
 from edlae_dask.io._atomic import replace_dir
+from edlae_dask.io._plain import check_plain_array
 from edlae_dask._version import __version__
 from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError, StoreFormatError
 
@@ -291,6 +292,7 @@ def read_shard(path, s: int) -> sp.csr_matrix:
     parts = {}
     for name, dtype in _SHARD_DTYPES.items():
         arr = _get_array(root, f"shards/{s:05d}/{name}", path)
+        check_plain_array(arr, f"{path}/shards/{s:05d}/{name}", "iuf", "interaction store")
         if arr.dtype != dtype:
             raise StoreFormatError(
                 f"{path}: shards/{s:05d}/{name} has dtype {arr.dtype}, expected {dtype}; re-ingest the data"
@@ -382,6 +384,9 @@ def _get_array(root, name: str, path: str):
         arr = root[name]
     except KeyError as exc:
         raise StoreFormatError(f"{path}: array {name!r} is missing; the store is corrupt, re-ingest the data") from exc
+    except Exception as exc:  # metadata zarr cannot parse, e.g. a codec that is not installed
+        raise StoreFormatError(f"{path}: {name!r} cannot be read as a zarr v3 array ({type(exc).__name__}: {exc}); "
+                               "the store was not written by edlae-dask, re-ingest the data") from exc
     if not isinstance(arr, zarr.Array):
         raise StoreFormatError(
             f"{path}: {name!r} is a group, expected an array; the store is corrupt, re-ingest the data"
@@ -397,6 +402,7 @@ def _check_no_object_dtype(arr, name: str, path: str) -> None:
             f"{path}: {name} has dtype {arr.dtype}; interaction stores hold int64 or fixed-width unicode "
             "ids only (never object/variable-length). The store was not written by edlae-dask; re-ingest the data"
         )
+    check_plain_array(arr, f"{path}/{name}", "iuU", "interaction store")  # also: zarr v3, core codecs only
 
 
 # ------------------------------------------------------------------------ writing
@@ -598,6 +604,8 @@ def _write_store(tmp, shards: Iterator, n_items, user_ids, item_ids, shard_size,
     root = zarr.open_group(tmp, mode="w-", zarr_format=3)
     n_users = user_ids.shape[0]
     fingerprint = _Fingerprint()
+    shard_fingerprints = []
+    items_digest = hashlib.sha256(item_ids.dtype.str.encode() + np.ascontiguousarray(item_ids).tobytes()).hexdigest()
     item_counts = np.zeros(n_items, dtype=np.int64)
     offsets, nnz = [0], 0
     for s, shard in enumerate(shards):
@@ -608,6 +616,13 @@ def _write_store(tmp, shards: Iterator, n_items, user_ids, item_ids, shard_size,
         for name, arr in (("indptr", indptr), ("indices", indices), ("values", values)):
             _write_1d(root, f"shards/{s:05d}/{name}", arr, chunk=None)
         fingerprint.update(indptr, indices, values, nnz)
+        # per shard: its rows, their users and the items, so that a rerun of scoring can tell
+        # which shards of a new store are unchanged (edlae_dask.scoring)
+        users = np.ascontiguousarray(user_ids[offsets[-1] : offsets[-1] + shard.shape[0]])
+        h = hashlib.sha256(f"{FORMAT_NAME}/{FORMAT_VERSION}:shard:{n_items}:{items_digest}".encode())
+        for part in (indptr, indices, values, users.dtype.str.encode(), users):
+            h.update(part if isinstance(part, bytes) else part.tobytes())
+        shard_fingerprints.append(h.hexdigest())
         item_counts += np.bincount(indices, minlength=n_items)
         nnz += indices.shape[0]
         offsets.append(offsets[-1] + shard.shape[0])
@@ -629,6 +644,7 @@ def _write_store(tmp, shards: Iterator, n_items, user_ids, item_ids, shard_size,
             "n_shards": len(offsets) - 1,
             "shard_size": int(shard_size),
             "fingerprint": fingerprint.hexdigest(n_users, n_items, user_ids, item_ids),
+            "shard_fingerprints": shard_fingerprints,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "code_version": __version__,
             "source": dict(source),

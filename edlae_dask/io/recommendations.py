@@ -34,12 +34,31 @@ A scoring run for new inputs (another factor version, interaction store,
 ``.{name}.scoring-{token}`` and moves it to ``RECS`` only once complete, so readers
 of ``RECS`` keep the previous complete recommendations until then, and a killed
 run's sibling is found and resumed by the next run with the same inputs.
+
+Each shard also has a shard token (attribute ``shard_tokens``): a hash of the
+factor version, ``top_n``, ``exclude_seen``, the shard's row range and the
+interaction store's fingerprint of that shard (its rows, users and items). When
+new interactions change only some shards, the new store takes the rows of every
+shard whose token is unchanged from the previous ``RECS`` (:func:`carry_over`),
+and only the changed shards are scored.
+
+One run writes ``RECS`` at a time: a run holds an exclusive ``flock`` on the
+sibling file ``.{name}.lock`` from before it looks at ``RECS`` until it has
+published (:func:`output_lock`); a second run waits for it, then finds the
+store complete (nothing to do) or carries on from it. The kernel releases the
+lock of a killed run, so no stale lock is left behind. (A lock rather than
+per-shard claims: it also serializes the choice and clean-up of staging stores
+and the publish, and needs no recovery of abandoned claims. It relies on
+``flock`` working on the filesystem: local disks and NFS do.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
+import logging
 import json
 import math
 import os
@@ -56,6 +75,7 @@ import zarr
 from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io._atomic import replace_dir
+from edlae_dask.io._plain import check_plain_array, get_node
 
 __all__ = [
     "FORMAT_NAME",
@@ -66,8 +86,11 @@ __all__ = [
     "done_shards",
     "open_recommendations",
     "prepare_output",
+    "carry_over",
+    "output_lock",
     "publish",
     "scoring_token",
+    "shard_tokens",
     "write_shard",
 ]
 
@@ -78,6 +101,7 @@ _STAGING = ".scoring-"
 _REQUIRED_ATTRS = ("top_n", "n_users", "n_items", "n_shards", "chunk_rows", "shard_offsets", "factor_version",
                    "interactions_fingerprint", "scoring_token")
 _ID_CHUNK = 1 << 18
+log = logging.getLogger("edlae_dask.scoring")
 
 try:  # fixed-width unicode ids have no ratified zarr v3 spec yet; zarr-python reads them back fine
     from zarr.errors import UnstableSpecificationWarning as _UnstableSpecWarning
@@ -108,6 +132,65 @@ def scoring_token(*, factor_version: str, n_items: int, interactions_fingerprint
          [int(o) for o in shard_offsets], int(top_n), bool(exclude_seen)]
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def shard_tokens(*, factor_version: str, n_items: int, shard_fingerprints, shard_offsets, top_n: int,
+                 exclude_seen: bool) -> list[str]:
+    """sha256 hex per shard of everything its rows depend on; equal tokens, interchangeable rows."""
+    offsets = [int(o) for o in shard_offsets]
+    return [
+        hashlib.sha256(json.dumps(
+            [FORMAT_NAME, FORMAT_VERSION, factor_version, int(n_items), int(top_n), bool(exclude_seen), str(fp),
+             offsets[s], offsets[s + 1]]
+        ).encode()).hexdigest()
+        for s, fp in enumerate(shard_fingerprints)
+    ]
+
+
+@contextlib.contextmanager
+def output_lock(target):
+    """Hold the exclusive lock of the recommendations store ``target`` (waiting for another run if need be).
+
+    The lock file is removed on release. A waiter that then holds a lock on the
+    removed file sees that the path no longer names it, and locks the path again.
+    """
+    target = os.path.abspath(os.fspath(target))
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    path = os.path.join(parent, f".{name}.lock")
+    waited = False
+    while True:
+        fh = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    fh.seek(0)
+                    log.info("waiting for another scoring run of %s to finish (%s holds %s)", target,
+                             fh.read().strip() or "another process", path)
+                    waited = True
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                same = os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            fh.close()
+            raise
+        if same:
+            break
+        fh.close()  # the holder removed the file as it finished: lock the path anew
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        fh.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        fh.close()  # closing releases the lock
 
 
 def staging_path(target: str, token: str) -> str:
@@ -272,6 +355,40 @@ def write_shard(path: str, shard: int, start: int, items: np.ndarray, scores: np
     os.replace(tmp, os.path.join(folder, "zarr.json"))
 
 
+def carry_over(previous: str, work: str, *, shards, marker: dict) -> list[int]:
+    """Copy into ``work`` the rows of each of ``shards`` whose shard token is the same in ``previous``; return them.
+
+    ``previous`` is the published store being replaced (absent, foreign or
+    without shard tokens: nothing is carried). A shard is taken only if it is done
+    in ``previous`` and its token there equals its token in ``work`` (same factor
+    version, top_n, rows, users and interactions). Its rows are copied, then its
+    marker (``marker`` plus shard and rows) is written, as if it was scored.
+    """
+    attrs = _read_attrs(previous) if os.path.isdir(previous) else None
+    if attrs is None or attrs.get("format") != FORMAT_NAME or attrs.get("format_version") != FORMAT_VERSION:
+        return []
+    meta = dict(zarr.open_group(work, mode="r", zarr_format=3).attrs)
+    old_tokens, new_tokens = attrs.get("shard_tokens"), meta.get("shard_tokens")
+    if not (isinstance(old_tokens, list) and len(old_tokens) == attrs.get("n_shards") and isinstance(new_tokens, list)):
+        return []  # stores written before shard tokens existed: nothing is known to be unchanged
+    reusable = {old_tokens[s]: s for s in done_shards(previous, attrs)}
+    offsets, old_offsets = meta["shard_offsets"], attrs["shard_offsets"]
+    src = zarr.open_group(previous, mode="r", zarr_format=3)
+    for name, kinds in (("items", "i"), ("scores", "f")):
+        check_plain_array(get_node(src, name, f"{previous}/{name}"), f"{previous}/{name}", kinds,
+                          "recommendations store")
+    carried = []
+    for s in shards:
+        old = reusable.get(new_tokens[s])
+        if old is None:
+            continue
+        a, b = old_offsets[old], old_offsets[old + 1]
+        items, scores = src["items"][a:b], src["scores"][a:b]
+        write_shard(work, s, offsets[s], items, scores, dict(marker, carried_over=True))
+        carried.append(s)
+    return carried
+
+
 def done_shards(path: str, meta: dict | None = None) -> list[int]:
     """Shards of the store at ``path`` whose markers exist and match its attributes, ascending."""
     meta = meta if meta is not None else dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
@@ -404,16 +521,12 @@ def open_recommendations(path, *, allow_incomplete: bool = False) -> Recommendat
     shapes = {"items": (n_users, top_n), "scores": (n_users, top_n), "user_ids": (n_users,), "item_ids": (n_items,)}
     arrays = {}
     for name, shape in shapes.items():
-        try:
-            arr = root[name]
-        except KeyError as exc:
-            raise StoreFormatError(f"{path}: array {name!r} is missing; the store is damaged, score again") from exc
-        if not isinstance(arr, zarr.Array) or arr.dtype == object or arr.dtype.kind not in _ARRAY_KINDS[name]:
-            raise StoreFormatError(
-                f"{path}: {name} has dtype {getattr(arr, 'dtype', 'group')}; a recommendations store holds "
-                "int32 items, float32 scores and int64/fixed-width unicode ids only (never object). "
-                "It was not written by edlae-dask: score again"
-            )
+        arr = get_node(root, name, f"{path}/{name}")
+        if arr is None:
+            raise StoreFormatError(f"{path}: array {name!r} is missing; the store is damaged, score again")
+        if not isinstance(arr, zarr.Array):
+            raise StoreFormatError(f"{path}: {name} is a group, expected an array; the store is damaged, score again")
+        check_plain_array(arr, f"{path}/{name}", _ARRAY_KINDS[name], "recommendations store")
         if arr.shape != shape:
             raise StoreFormatError(
                 f"{path}: {name} has shape {arr.shape}, expected {shape}; the store is damaged, score again"

@@ -1,0 +1,213 @@
+"""Checkpoints of the dense path's expensive stages, so a killed training job resumes.
+
+The Gram ``G = XᵀX`` and the inverse ``C = P⁻¹`` (with ``diag C``) are written
+to a checkpoint directory as they are computed; a later run with the same
+inputs finds them and reads them back instead of recomputing them. Layout::
+
+    CHECKPOINTS/
+      gram-<fingerprint[:16]>/        zarr v3 group: G (n, n), square chunks of the block size
+      inverse-<fingerprint[:16]>/     zarr v3 group: C (n, n), diag_c (n,)
+        attrs: format, format_version, stage, fingerprint, inputs, created, code_version, complete
+
+A checkpoint is reused only if its fingerprint matches: a sha256 of the inputs
+and parameters that determine it — for ``gram`` the interaction store's content
+fingerprint, the dtype and the block size; for ``inverse`` the Gram's
+fingerprint plus λ and p (not k, the seed or the eigensolver settings, so a run
+with another k reuses both). Each checkpoint is written in full under a
+temporary name and renamed into place (:func:`edlae_dask.io._atomic.replace_dir`):
+complete or absent. One that is damaged, foreign or not plain numbers is
+ignored with a warning and recomputed; nothing in it is unpickled.
+
+The workers write and read the blocks, so the directory must be on storage that
+the client and every worker see (like the factor store). It costs about
+``2·n²·itemsize`` bytes of disk (before compression) and is never deleted by
+edlae-dask: remove it once the model is published and no rerun with other k,
+λ or p is planned.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from edlae_dask._version import __version__
+from edlae_dask.errors import OutputExistsError, StoreFormatError
+from edlae_dask.io._atomic import replace_dir
+from edlae_dask.io._plain import check_plain_array, get_node
+
+log = logging.getLogger("edlae_dask.checkpoint")
+
+FORMAT_NAME = "edlae-dask/checkpoint"
+FORMAT_VERSION = 1
+#: the arrays each stage keeps: name -> "matrix" (n x n, square blocks) or "vector" (n,)
+STAGE_ARRAYS = {"gram": {"G": "matrix"}, "inverse": {"C": "matrix", "diag_c": "vector"}}
+
+
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps([FORMAT_NAME, FORMAT_VERSION, payload], sort_keys=True).encode()).hexdigest()
+
+
+class StageCheckpoints:
+    """The checkpoints of one dense training run: where they live and what they must match.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The checkpoint directory (created on first write).
+    interactions_fingerprint : str
+        Content fingerprint of the interaction store.
+    n_items : int
+    dtype : str
+        ``"float32"`` or ``"float64"``.
+    block_size : int
+        Side of the square blocks.
+    lam, p : float
+        The regularization of ``P = G + Λ`` (eq. 8).
+    """
+
+    def __init__(self, root, *, interactions_fingerprint: str, n_items: int, dtype: str, block_size: int,
+                 lam: float, p: float):
+        self.root = Path(root)
+        self.n_items = int(n_items)
+        self.dtype = np.dtype(dtype)
+        self.block_size = int(block_size)
+        gram_inputs = dict(interactions_fingerprint=interactions_fingerprint, n_items=self.n_items,
+                           dtype=self.dtype.name, block_size=self.block_size)
+        gram_fp = _digest(["gram", gram_inputs])
+        inverse_inputs = dict(gram_fingerprint=gram_fp, lam=float(lam), p=float(p))
+        self.inputs = {"gram": gram_inputs, "inverse": inverse_inputs}
+        self.fingerprints = {"gram": gram_fp, "inverse": _digest(["inverse", inverse_inputs])}
+
+    def path(self, stage: str) -> Path:
+        return self.root / f"{stage}-{self.fingerprints[stage][:16]}"
+
+    def run(self, stage: str, compute: Callable[[], dict], persist: Callable, client, info: dict) -> dict:
+        """The stage's arrays: read back from a matching checkpoint, else ``compute()``-d and written.
+
+        ``compute`` returns the arrays of :data:`STAGE_ARRAYS` ``[stage]``, the
+        matrices as persisted dask arrays, the vectors as numpy arrays.
+        ``persist`` puts a dask array in the cluster's memory. ``info`` (the
+        stage's record) gets ``checkpoint = "reused"`` or ``"written"``.
+        """
+        arrays = self.load(stage, persist)
+        if arrays is not None:
+            info["checkpoint"] = "reused"
+            return arrays
+        arrays = compute()
+        t0 = time.perf_counter()
+        self.save(stage, arrays, client)
+        info.update(checkpoint="written", checkpoint_seconds=round(time.perf_counter() - t0, 3))
+        return arrays
+
+    # ------------------------------------------------------------------ reading
+
+    def load(self, stage: str, persist: Callable) -> dict | None:
+        """The checkpointed arrays of ``stage`` (matrices persisted), or None if there is no usable one."""
+        path = self.path(stage)
+        if not path.exists():
+            log.info("no %s checkpoint for these inputs in %s: computing it", stage, self.root)
+            return None
+        try:
+            arrays = self._open(stage, path)
+        except StoreFormatError as exc:
+            log.warning("ignoring the %s checkpoint at %s (%s): recomputing it", stage, path, exc)
+            return None
+        out = {}
+        for name, arr in arrays.items():
+            if STAGE_ARRAYS[stage][name] == "vector":
+                out[name] = arr[...]
+                finite = bool(np.isfinite(out[name]).all())
+            else:
+                out[name] = persist(da.from_zarr(arr, chunks=(self.block_size, self.block_size)))
+                # chunks missing on disk read as the NaN fill value: a damaged checkpoint, not data
+                finite = bool(da.isfinite(out[name]).all().compute())
+            if not finite:
+                log.warning("ignoring the %s checkpoint at %s: %s holds NaN or infinite values (damaged); "
+                            "recomputing it", stage, path, name)
+                return None
+        log.info("reusing %s checkpoint %s (fingerprint %s…): the %s stage is not recomputed", stage, path,
+                 self.fingerprints[stage][:16], stage)
+        return out
+
+    def _open(self, stage: str, path: Path) -> dict:
+        try:
+            group = zarr.open_group(str(path), mode="r", zarr_format=3)
+        except Exception as exc:  # zarr raises several types for "not a group here"
+            raise StoreFormatError(f"not a zarr v3 group: {exc}") from exc
+        attrs = dict(group.attrs)
+        expected = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION, stage=stage,
+                        fingerprint=self.fingerprints[stage], complete=True)
+        for key, want in expected.items():
+            if attrs.get(key) != want:
+                raise StoreFormatError(f"attribute {key!r} is {attrs.get(key)!r}, expected {want!r}")
+        n = self.n_items
+        arrays = {}
+        for name, kind in STAGE_ARRAYS[stage].items():
+            arr = get_node(group, name, f"{path}/{name}")
+            if not isinstance(arr, zarr.Array):
+                raise StoreFormatError(f"the array {name!r} is missing")
+            check_plain_array(arr, f"{path}/{name}", "f", "checkpoint")
+            shape = (n, n) if kind == "matrix" else (n,)
+            if arr.shape != shape or arr.dtype != self.dtype:
+                raise StoreFormatError(f"{name} is {arr.dtype} {arr.shape}, expected {self.dtype} {shape}")
+            arrays[name] = arr
+        return arrays
+
+    # ------------------------------------------------------------------ writing
+
+    def save(self, stage: str, arrays: dict, client) -> None:
+        """Write the arrays of ``stage`` (dask matrices by the workers) and move them into place."""
+        t0 = time.perf_counter()
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path(stage)
+        tmp = self.root / f".{final.name}.tmp-{uuid.uuid4().hex}"
+        try:
+            group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+            writes = []
+            for name, kind in STAGE_ARRAYS[stage].items():
+                x = arrays[name]
+                if kind == "matrix":
+                    target = group.create_array(name, shape=x.shape, dtype=x.dtype, fill_value=np.nan,
+                                                chunks=(self.block_size, self.block_size))
+                    # store chunks = dask blocks: every task writes whole chunks, no two share one
+                    writes.append(da.store(x.rechunk(self.block_size), target, lock=False, compute=False))
+                else:
+                    target = group.create_array(name, shape=x.shape, dtype=x.dtype, fill_value=np.nan,
+                                                chunks=x.shape)
+                    target[...] = np.asarray(x)
+            for w in writes:
+                if client is None:
+                    w.compute(scheduler="threads")
+                else:
+                    client.compute(w).result()
+            group.attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, stage=stage,
+                               fingerprint=self.fingerprints[stage], inputs=self.inputs[stage],
+                               created=_dt.datetime.now(_dt.timezone.utc).isoformat(), code_version=__version__)
+            group.attrs["complete"] = True  # last: a checkpoint without it is never read
+            replace_dir(tmp, final, check_replaceable=_check_replaceable)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("%s checkpoint written to %s in %.2f s", stage, final, time.perf_counter() - t0)
+
+
+def _check_replaceable(path) -> None:
+    """Only a checkpoint (e.g. one a concurrent run with the same inputs wrote) is ever replaced."""
+    try:
+        found = dict(zarr.open_group(os.fspath(path), mode="r", zarr_format=3).attrs).get("format")
+    except Exception:  # not a zarr group at all
+        found = None
+    if found != FORMAT_NAME:
+        raise OutputExistsError(f"refusing to replace {path}: it is not an edlae-dask checkpoint")
