@@ -110,7 +110,7 @@ def _train_options(fn):
         click.option("--path", "train_path", type=click.Choice(["auto", "dense", "scalable"]), default="auto",
                      show_default=True, help="dense: exact Algorithm 1 (n x n matrices); scalable: K neighbours per "
                      "item, no n x n matrix; auto: dense if it fits the cluster's memory."),
-        click.option("--neighbors", type=int, default=256, show_default=True,
+        click.option("--neighbors", type=int, default=64, show_default=True,
                      help="Scalable path: neighbours per item (K)."),
         click.option("--neighbor-score", type=click.Choice(["count", "cosine"]), default="count", show_default=True,
                      help="Scalable path: how neighbours are ranked."),

@@ -31,7 +31,7 @@ import numpy as np
 
 from edlae_dask.errors import MemoryBudgetError, ModelFitError, ParameterError
 from edlae_dask.gram import symmetric_from_lower
-from edlae_dask.scalable.neighbors import NEIGHBOR_SCORES
+from edlae_dask.scalable.neighbors import DEFAULT_NEIGHBORS, NEIGHBOR_SCORES
 
 log = logging.getLogger("edlae_dask.model")
 
@@ -148,7 +148,7 @@ class TrainParams:
     n_power_iter: int | None = None
     seed: int = 0
     path: str = "auto"
-    neighbors: int = 256
+    neighbors: int = DEFAULT_NEIGHBORS
     neighbor_score: str = "count"
 
     def validate(self, n_items: int | None = None) -> "TrainParams":
@@ -332,9 +332,11 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
     total, smallest, n_workers = cluster_memory(client)
     path, need = choose_path(store, params, total, n_workers, smallest)
     log.info(
-        "%s path: %d users x %d items, %d interactions; k=%d, lam=%g, p=%g, %s, blocks of %d; "
-        "estimated peak memory %.2f GiB of %.2f GiB",
-        path, store.n_users, n, store.nnz, params.k, params.lam, params.p, params.dtype, block, need / 2**30, total / 2**30,
+        "%s path: %d users x %d items, %d interactions; k=%d, lam=%g, p=%g, %s, %s; "
+        "estimated peak memory %.2f GiB, the workers' memory limits sum to %.2f GiB",
+        path, store.n_users, n, store.nnz, params.k, params.lam, params.p, params.dtype,
+        f"blocks of {block}" if path == "dense" else f"K={min(params.neighbors, n - 1)} neighbours",
+        need / 2**30, total / 2**30,
     )
     writer = FactorWriter(out, overwrite=overwrite) if out is not None else None
     stages = stage_log or StageLog(client)
@@ -553,7 +555,7 @@ class EDLAE:
         (:mod:`edlae_dask.scalable`) restricts each item's teacher column to its
         ``neighbors`` strongest co-occurring items and never forms an n x n matrix;
         ``auto`` is dense when it fits the cluster's memory.
-    neighbors : int, default=256
+    neighbors : int, default=64
         K, neighbours per item on the scalable path (K = n − 1 is the dense teacher).
     neighbor_score : {"count", "cosine"}, default="count"
         How the scalable path ranks candidate neighbours.
@@ -579,7 +581,7 @@ class EDLAE:
 
     def __init__(self, k: int = 100, *, lam: float = 20.0, p: float = 0.25, dtype: str = "float32",
                  block_size: int | None = None, n_oversamples: int | None = None,
-                 n_power_iter: int | None = None, seed: int = 0, path: str = "auto", neighbors: int = 256,
+                 n_power_iter: int | None = None, seed: int = 0, path: str = "auto", neighbors: int = DEFAULT_NEIGHBORS,
                  neighbor_score: str = "count"):
         self.k = k
         self.lam = lam
