@@ -172,15 +172,25 @@ def scale(args) -> None:
         results.with_suffix(".json").write_text(json.dumps({"runs": rows, "machine": _machine(),
                                                             "args": {k: str(v) for k, v in vars(args).items()}},
                                                            indent=2))
+    _scale_report(rows, args, results)
+
+
+def _scale_report(rows, args, results) -> None:
     lines = ["# Scalable path: growth with the number of items", "",
              f"Synthetic power-law data, 2 users per item, ~25 interactions per user; k={args.k}, K={args.neighbors}, "
              f"λ={args.lam}, p={args.p}, float32, embedded LocalCluster. Machine: {_machine()['cpu']}, "
              f"{os.cpu_count()} cores.", "",
-             "| items | train s | peak GiB | " + " | ".join(f"{s} s" for s in rows[0]["stages"]) + " |",
-             "|---:|---:|---:|" + "---:|" * len(rows[0]["stages"])]
+             "| items | train s | peak GiB | " + " | ".join(f"{s} s" for s in rows[0]["stages"])
+             + " | score 10⁴ users: s | users/s |",
+             "|---:|---:|---:|" + "---:|" * (len(rows[0]["stages"]) + 2)]
     for r in rows:
+        sc = r.get("score", {})
         lines.append(f"| {r['n_items']:,} | {r['train_seconds']} | {r['peak_total_gib']} | "
-                     + " | ".join(str(v["seconds"]) for v in r["stages"].values()) + " |")
+                     + " | ".join(str(v["seconds"]) for v in r["stages"].values())
+                     + f" | {sc.get('seconds', '')} | {sc.get('users_per_s', '')} |")
+    lines += ["", "Peak memory: all worker processes and this one, sampled every 0.5 s. Command: "
+              f"`python benchmarks/bench_scalable.py scale --items {' '.join(str(r['n_items']) for r in rows)} "
+              f"--neighbors {args.neighbors} --k {args.k}`"]
     results.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
@@ -227,13 +237,20 @@ def main() -> None:
     s.add_argument("--score-users", type=int, default=10_000)
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--workdir", type=Path, default=Path("/tmp/edlae-bench"))
+    s.add_argument("--report-only", action="store_true", help="re-make the table and plot from the last JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import distributed  # noqa: F401
 
     for noisy in ("distributed", "bokeh", "tornado"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    accuracy(args) if args.cmd == "accuracy" else scale(args)
+    if args.cmd == "accuracy":
+        accuracy(args)
+    elif args.report_only:  # re-make the table and plot from the JSON of the last run
+        results = HERE / "results" / "scalable-scale"
+        _scale_report(json.loads(results.with_suffix(".json").read_text())["runs"], args, results)
+    else:
+        scale(args)
 
 
 if __name__ == "__main__":
