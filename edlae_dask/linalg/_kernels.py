@@ -1,11 +1,23 @@
-"""Block kernels of the blocked SPD inverse: thin wrappers over LAPACK / BLAS.
+"""Block kernels of the blocked SPD inverse: LAPACK / BLAS called without the GIL.
 
 Every function here takes and returns plain NumPy blocks, is pure (it never
-modifies its arguments), and computes in the dtype of its inputs: the routines
-come from :mod:`scipy.linalg.lapack` / :mod:`scipy.linalg.blas` picked by dtype
-(``spotrf`` for float32, ``dpotrf`` for float64). ``numpy.linalg`` is avoided on
+modifies its arguments), and computes in the dtype of its inputs (``spotrf``
+for float32, ``dpotrf`` for float64, ...). ``numpy.linalg`` is avoided on
 purpose: it computes float32 input in float64 (slower, ~7x the block in
 temporaries; see shared/notes/measured-2026-11.md).
+
+The routines are SciPy's own BLAS/LAPACK (the public Cython API,
+:mod:`scipy.linalg.cython_blas` / :mod:`scipy.linalg.cython_lapack`), called
+through :mod:`ctypes`, which releases the GIL for the duration of the call. The
+f2py wrappers of :mod:`scipy.linalg.blas` hold the GIL during the whole BLAS
+call (measured: a 2,048² ``sgemm`` froze every other thread of the process for
+its ~0.3 s). On a Dask worker that froze the event loop: no block was sent to
+or fetched from another worker while a kernel ran, and the other worker waited.
+
+Layouts: results are Fortran-ordered. A C-ordered operand that is only read is
+passed as its transpose (a free Fortran view) with the BLAS transpose / triangle
+flags flipped; the operand that is overwritten (the result) is copied once into
+a new Fortran-ordered array, O(b²) against the O(b³) of the kernel.
 
 No dask import: the wiring lives in :mod:`edlae_dask.linalg.inverse`.
 
@@ -13,16 +25,15 @@ Notation (tile Cholesky, PLASMA style): ``S`` is a block of the trailing
 matrix being updated, ``L`` a block of the Cholesky factor ``A = L Lᵀ``, ``W``
 a block of ``L⁻¹`` and ``C`` a block of ``A⁻¹ = Wᵀ W``. Only lower triangles
 of diagonal blocks are meaningful until :func:`symmetrize_lower`.
-
-The BLAS wrappers return Fortran-ordered results; a C-ordered input is copied
-once on entry (``overwrite_*`` can then work on our own copy), which costs
-O(b²) against the O(b³) of the kernel.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import numpy as np
-from scipy.linalg import blas, lapack
+from scipy.linalg import cython_blas, cython_lapack
 
 from edlae_dask.errors import ModelFitError, ParameterError
 
@@ -68,12 +79,140 @@ def check_float_dtype(dtype, what: str = "A") -> np.dtype:
     return dt
 
 
-def _lapack(name: str, a: np.ndarray):
-    return lapack.get_lapack_funcs((name,), (a,))[0]
+# --------------------------------------------------------------------------- #
+# Raw BLAS / LAPACK through ctypes (Fortran calling convention: every argument
+# by reference; these routines have no hidden string-length arguments in
+# SciPy's Cython API)
+# --------------------------------------------------------------------------- #
+_P = ctypes.c_void_p
+_N_ARGS = {"gemm": 13, "syrk": 10, "trsm": 11, "trmm": 11, "potrf": 5, "trtri": 6, "lauum": 5}
+_PREFIX = {np.dtype(np.float32): ("s", ctypes.c_float), np.dtype(np.float64): ("d", ctypes.c_double)}
+
+_capsule_name = ctypes.pythonapi.PyCapsule_GetName
+_capsule_name.restype, _capsule_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
 
 
-def _blas(name: str, a: np.ndarray):
-    return blas.get_blas_funcs((name,), (a,))[0]
+@functools.lru_cache(maxsize=None)
+def _routine(name: str, dtype: np.dtype):
+    """``ctypes`` function for BLAS/LAPACK routine ``name`` in ``dtype`` (GIL released while it runs)."""
+    prefix, _ = _PREFIX[dtype]
+    module = cython_lapack if name in ("potrf", "trtri", "lauum") else cython_blas
+    capsule = module.__pyx_capi__[prefix + name]
+    address = _capsule_pointer(capsule, _capsule_name(capsule))
+    return ctypes.CFUNCTYPE(None, *([_P] * _N_ARGS[name]))(address)
+
+
+class _Args:
+    """Builds by-reference arguments and keeps them alive until the call returns."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+        self.real = _PREFIX[dtype][1]
+        self.keep = []
+
+    def _ref(self, obj):
+        self.keep.append(obj)
+        return ctypes.cast(ctypes.pointer(obj), _P)
+
+    def ch(self, c: str):
+        return self._ref(ctypes.c_char(c.encode()))
+
+    def i(self, v: int):
+        return self._ref(ctypes.c_int(int(v)))
+
+    def r(self, v: float):
+        return self._ref(self.real(v))
+
+    def arr(self, a: np.ndarray):
+        self.keep.append(a)
+        return _P(a.ctypes.data)
+
+
+def _read_f(a: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, bool]:
+    """A Fortran-contiguous array holding ``a`` or ``aᵀ``, and whether it is the transpose."""
+    a = np.asarray(a, dtype=dtype)
+    if a.flags.f_contiguous:
+        return a, False
+    if a.flags.c_contiguous:
+        return a.T, True
+    return np.asfortranarray(a), False
+
+
+def _own_f(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A new Fortran-ordered copy of ``a`` in ``dtype`` (the kernel's output, overwritten in place)."""
+    return np.array(a, dtype=dtype, order="F", copy=True)
+
+
+def _ld(a: np.ndarray) -> int:
+    return max(1, a.shape[0])
+
+
+def _gemm(alpha: float, a, trans_a: bool, b, trans_b: bool, beta: float, c: np.ndarray) -> np.ndarray:
+    """``c ← alpha op(a) op(b) + beta c`` in place; ``c`` Fortran-ordered, owned by the caller."""
+    dt = c.dtype
+    af, ta = _read_f(a, dt)
+    bf, tb = _read_f(b, dt)
+    ta, tb = ta != trans_a, tb != trans_b
+    m, n = c.shape
+    k = af.shape[0] if ta else af.shape[1]
+    if m and n:
+        x = _Args(dt)
+        _routine("gemm", dt)(x.ch("T" if ta else "N"), x.ch("T" if tb else "N"), x.i(m), x.i(n), x.i(k),
+                             x.r(alpha), x.arr(af), x.i(_ld(af)), x.arr(bf), x.i(_ld(bf)),
+                             x.r(beta), x.arr(c), x.i(_ld(c)))
+    return c
+
+
+def _syrk_lower(alpha: float, a, trans: bool, beta: float, c: np.ndarray) -> np.ndarray:
+    """Lower triangle of ``c ← alpha op(a) op(a)ᵀ + beta c`` in place (op = ᵀ if ``trans``)."""
+    dt = c.dtype
+    af, t = _read_f(a, dt)
+    t = t != trans
+    n = c.shape[0]
+    k = af.shape[0] if t else af.shape[1]
+    if n:
+        x = _Args(dt)
+        _routine("syrk", dt)(x.ch("L"), x.ch("T" if t else "N"), x.i(n), x.i(k), x.r(alpha), x.arr(af),
+                             x.i(_ld(af)), x.r(beta), x.arr(c), x.i(_ld(c)))
+    return c
+
+
+def _tri(name: str, side_left: bool, alpha: float, t, trans: bool, b: np.ndarray) -> np.ndarray:
+    """``b ← alpha op(T)⁻¹ b`` (trsm) or ``alpha op(T) b`` (trmm), or with op(T) on the right;
+    ``T`` lower triangular with a non-unit diagonal, ``b`` Fortran-ordered and owned by the caller."""
+    dt = b.dtype
+    tf, flipped = _read_f(t, dt)  # a transposed view of a lower triangle is an upper one
+    uplo = "U" if flipped else "L"
+    trans = trans != flipped
+    m, n = b.shape
+    if m and n:
+        x = _Args(dt)
+        _routine(name, dt)(x.ch("L" if side_left else "R"), x.ch(uplo), x.ch("T" if trans else "N"), x.ch("N"),
+                           x.i(m), x.i(n), x.r(alpha), x.arr(tf), x.i(_ld(tf)), x.arr(b), x.i(_ld(b)))
+    return b
+
+
+def _lapack_lower(name: str, a: np.ndarray) -> tuple[np.ndarray, int]:
+    """Run potrf / trtri / lauum on the lower triangle of a copy of ``a``; return it and ``info``."""
+    dt = check_float_dtype(a.dtype, "block")
+    c = _own_f(a, dt)
+    n = c.shape[0]
+    if n == 0:
+        return c, 0
+    x = _Args(dt)
+    info = ctypes.c_int(0)
+    args = [x.ch("L")] + ([x.ch("N")] if name == "trtri" else []) + [x.i(n), x.arr(c), x.i(_ld(c)),
+                                                                       ctypes.cast(ctypes.pointer(info), _P)]
+    _routine(name, dt)(*args)
+    return c, int(info.value)
+
+
+def _zero_strict_upper(c: np.ndarray) -> np.ndarray:
+    for j in range(1, c.shape[1]):  # column slices of a Fortran array: contiguous, cheap
+        c[: min(j, c.shape[0]), j] = 0
+    return c
 
 
 # --------------------------------------------------------------------------- #
@@ -107,8 +246,7 @@ def potrf_lower(s_kk: np.ndarray, offset: int) -> np.ndarray:
     caller's chunk size, normally at most a few thousand, far below that, so the
     blocked algorithm avoids the crash; do not pass chunks >= 16,000 in float64.
     """
-    potrf = _lapack("potrf", s_kk)
-    c, info = potrf(s_kk, lower=1, clean=1, overwrite_a=0)
+    c, info = _lapack_lower("potrf", s_kk)
     if info > 0:
         row = int(offset) + int(info) - 1
         lower = np.tril(s_kk)
@@ -129,25 +267,22 @@ def potrf_lower(s_kk: np.ndarray, offset: int) -> np.ndarray:
         )
     if info < 0:  # pragma: no cover - would be a bug in our call
         raise ModelFitError(f"LAPACK potrf: illegal value in argument {-info}")
-    return c
+    return _zero_strict_upper(c)
 
 
 def chol_panel(s_ik: np.ndarray, l_kk: np.ndarray) -> np.ndarray:
     """``L_ik = S_ik L_kk⁻ᵀ`` (triangular solve from the right)."""
-    trsm = _blas("trsm", s_ik)
-    return trsm(1.0, l_kk, s_ik, side=1, lower=1, trans_a=1, diag=0)
+    return _tri("trsm", False, 1.0, l_kk, True, _own_f(s_ik, l_kk.dtype))
 
 
 def syrk_update(s_ii: np.ndarray, l_ik: np.ndarray) -> np.ndarray:
     """``S_ii − L_ik L_ikᵀ`` on the lower triangle (upper triangle: copied from s_ii)."""
-    syrk = _blas("syrk", l_ik)
-    return syrk(-1.0, l_ik, beta=1.0, c=s_ii, trans=0, lower=1)
+    return _syrk_lower(-1.0, l_ik, False, 1.0, _own_f(s_ii, l_ik.dtype))
 
 
 def gemm_update(s_ij: np.ndarray, l_ik: np.ndarray, l_jk: np.ndarray) -> np.ndarray:
     """``S_ij − L_ik L_jkᵀ``."""
-    gemm = _blas("gemm", l_ik)
-    return gemm(-1.0, l_ik, l_jk, beta=1.0, c=s_ij, trans_a=0, trans_b=1)
+    return _gemm(-1.0, l_ik, False, l_jk, True, 1.0, _own_f(s_ij, l_ik.dtype))
 
 
 # --------------------------------------------------------------------------- #
@@ -156,29 +291,25 @@ def gemm_update(s_ij: np.ndarray, l_ik: np.ndarray, l_jk: np.ndarray) -> np.ndar
 # --------------------------------------------------------------------------- #
 def trtri_lower(l_kk: np.ndarray) -> np.ndarray:
     """``W_kk = L_kk⁻¹`` of a lower-triangular diagonal block (upper triangle 0)."""
-    trtri = _lapack("trtri", l_kk)
-    w, info = trtri(l_kk, lower=1, unitdiag=0, overwrite_c=0)
+    w, info = _lapack_lower("trtri", l_kk)
     if info != 0:  # pragma: no cover - potrf succeeded, so the diagonal is > 0
         raise ModelFitError(f"LAPACK trtri failed with info={info}: singular factor")
-    return w
+    return _zero_strict_upper(w)
 
 
 def trtri_first(l_ij: np.ndarray, w_jj: np.ndarray) -> np.ndarray:
     """First term ``L_ij W_jj`` of the sum (``W_jj`` lower triangular: trmm)."""
-    trmm = _blas("trmm", l_ij)
-    return trmm(1.0, w_jj, l_ij, side=1, lower=1, trans_a=0, diag=0)
+    return _tri("trmm", False, 1.0, w_jj, False, _own_f(l_ij, w_jj.dtype))
 
 
 def gemm_acc(r: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``R + A B``."""
-    gemm = _blas("gemm", a)
-    return gemm(1.0, a, b, beta=1.0, c=r, trans_a=0, trans_b=0)
+    return _gemm(1.0, a, False, b, False, 1.0, _own_f(r, a.dtype))
 
 
 def trtri_finish(r_ij: np.ndarray, l_ii: np.ndarray) -> np.ndarray:
     """``W_ij = −L_ii⁻¹ R_ij`` (triangular solve from the left)."""
-    trsm = _blas("trsm", r_ij)
-    return trsm(-1.0, l_ii, r_ij, side=0, lower=1, trans_a=0, diag=0)
+    return _tri("trsm", True, -1.0, l_ii, False, _own_f(r_ij, l_ii.dtype))
 
 
 # --------------------------------------------------------------------------- #
@@ -186,8 +317,7 @@ def trtri_finish(r_ij: np.ndarray, l_ii: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 def lauum_lower(w_ii: np.ndarray) -> np.ndarray:
     """Lower triangle of ``W_iiᵀ W_ii`` for lower-triangular ``W_ii`` (LAPACK lauum)."""
-    lauum = _lapack("lauum", w_ii)
-    c, info = lauum(w_ii, lower=1, overwrite_c=0)
+    c, info = _lapack_lower("lauum", w_ii)
     if info != 0:  # pragma: no cover
         raise ModelFitError(f"LAPACK lauum failed with info={info}")
     return c
@@ -195,20 +325,17 @@ def lauum_lower(w_ii: np.ndarray) -> np.ndarray:
 
 def inv_first(w_ii: np.ndarray, w_ij: np.ndarray) -> np.ndarray:
     """First term ``W_iiᵀ W_ij`` of an off-diagonal block (``W_ii`` lower: trmm)."""
-    trmm = _blas("trmm", w_ij)
-    return trmm(1.0, w_ii, w_ij, side=0, lower=1, trans_a=1, diag=0)
+    return _tri("trmm", True, 1.0, w_ii, True, _own_f(w_ij, w_ii.dtype))
 
 
 def gemm_tn_acc(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``C + Aᵀ B``."""
-    gemm = _blas("gemm", a)
-    return gemm(1.0, a, b, beta=1.0, c=c, trans_a=1, trans_b=0)
+    return _gemm(1.0, a, True, b, False, 1.0, _own_f(c, a.dtype))
 
 
 def syrk_tn_acc(c: np.ndarray, a: np.ndarray) -> np.ndarray:
     """``C + Aᵀ A`` on the lower triangle."""
-    syrk = _blas("syrk", a)
-    return syrk(1.0, a, beta=1.0, c=c, trans=1, lower=1)
+    return _syrk_lower(1.0, a, True, 1.0, _own_f(c, a.dtype))
 
 
 def symmetrize_lower(c: np.ndarray) -> np.ndarray:
