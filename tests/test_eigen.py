@@ -178,3 +178,20 @@ def test_parameter_validation(kw, match):
     k = args.pop("k")
     with pytest.raises(ParameterError, match=match):
         randomized_eigh(lambda Q: Q, 20, k, **args)
+
+
+@pytest.mark.parametrize("rank_deficient", [False, True])
+def test_orthonormalize_gives_an_orthonormal_Q_with_QR_equal_to_Y(rank_deficient):
+    # CholeskyQR2, and TSQR where YᵀY is singular (two equal columns)
+    from edlae_dask.linalg.eigen import _orthonormalize
+
+    rng = np.random.default_rng(3)
+    Y = rng.standard_normal((90, 12))
+    if rank_deficient:
+        Y[:, 5] = Y[:, 2]
+    Q, R = _orthonormalize(da.from_array(Y, chunks=(25, 12)))
+    Q = Q.compute(scheduler="threads")
+    np.testing.assert_allclose(Q @ R, Y, atol=1e-10)
+    if not rank_deficient:
+        np.testing.assert_allclose(Q.T @ Q, np.eye(12), atol=1e-12)
+        assert np.allclose(R, np.triu(R))
