@@ -439,7 +439,12 @@ def _train_stages(store, params, client, writer, stages, progress, dtype, block,
         U = _persist(student_factors(C, d, V), client, progress)
         V = _persist(V, client, progress)
         del C
-    result = TrainResult(
+    result = _result(store, params, eig, U, V)
+    return _finish(result, store, client, writer, stages, out, t_start)
+
+
+def _result(store, params, eig, U, V, **extra) -> TrainResult:
+    return TrainResult(
         U=U,
         V=V,
         eigenvalues=np.asarray(eig.eigenvalues),
@@ -448,8 +453,8 @@ def _train_stages(store, params, client, writer, stages, progress, dtype, block,
         params=params,
         interactions_fingerprint=store.fingerprint,
         eigensolver=dict(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter),
+        **extra,
     )
-    return _finish(result, store, client, writer, stages, out, t_start)
 
 
 def _finish(result: TrainResult, store, client, writer, stages, out, t_start) -> TrainResult:
@@ -474,18 +479,7 @@ def _train_scalable(store, params, client, writer, stages, progress, out, t_star
     operator, eig, info = scalable_stages(store, params, client, stages, progress, n_workers)
     V = eig.eigenvectors
     U = _persist(operator.factors_u(V), client, progress)
-    result = TrainResult(
-        U=U,
-        V=V,
-        eigenvalues=np.asarray(eig.eigenvalues),
-        ritz_residuals=np.asarray(eig.ritz_residuals),
-        item_ids=store.item_ids(),
-        params=params,
-        interactions_fingerprint=store.fingerprint,
-        eigensolver=dict(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter),
-        path="scalable",
-        path_info=info,
-    )
+    result = _result(store, params, eig, U, V, path="scalable", path_info=info)
     return _finish(result, store, client, writer, stages, out, t_start)
 
 
