@@ -150,17 +150,20 @@ def scalable_stages(store, params, client, stages, progress, n_workers: int):
         bound = _compute(delayed(row_products_bound)(x, xt), client)
     lam_diag = params.lam + ratio * diag_g
     p_diag = diag_g + lam_diag
+    # n-vectors every task of a stage reads: one key each, sent to a worker once, not
+    # embedded in (and shipped with) every task
+    diag_g_d, p_diag_d = _persist([delayed(np.asarray)(diag_g), delayed(np.asarray)(p_diag)], client, False)
 
     budget = NEIGHBOR_TASK_ENTRIES
     nblocks = balanced_item_blocks(bound, budget, max_items=8192)
     with stages.stage("neighbors", f"top-{K} co-occurring items ({params.neighbor_score}) in {len(nblocks)} blocks") as info:
-        parts = [delayed(neighbors_of_block)(xt, x, a, b, K, diag_g, params.neighbor_score) for a, b in nblocks]
+        parts = [delayed(neighbors_of_block)(xt, x, a, b, K, diag_g_d, params.neighbor_score) for a, b in nblocks]
         nbrs = delayed(stack_neighbors)(*parts)
         (nbrs,) = _persist([nbrs], client, progress)
         del parts
         info.update(K=K, blocks=len(nblocks), gram_products=int(bound.sum()))
     with stages.stage("teacher", f"b_S = (P_SS)⁻¹ G_Sj for {n} items, K={K}") as info:
-        out = [delayed(teacher_rows)(xt, nbrs, a, b, p_diag, dtype) for a, b in zip(bounds[:-1], bounds[1:])]
+        out = [delayed(teacher_rows)(xt, nbrs, a, b, p_diag_d, dtype) for a, b in zip(bounds[:-1], bounds[1:])]
         bt_rows = [delayed(first)(o) for o in out]
         n_exact = delayed(sum)([delayed(second)(o) for o in out])
         b_full = delayed(transpose_blocks)(*bt_rows)
