@@ -192,6 +192,5 @@ def test_orthonormalize_gives_an_orthonormal_Q_with_QR_equal_to_Y(rank_deficient
     Q, R = _orthonormalize(da.from_array(Y, chunks=(25, 12)))
     Q = Q.compute(scheduler="threads")
     np.testing.assert_allclose(Q @ R, Y, atol=1e-10)
-    if not rank_deficient:
-        np.testing.assert_allclose(Q.T @ Q, np.eye(12), atol=1e-12)
-        assert np.allclose(R, np.triu(R))
+    np.testing.assert_allclose(Q.T @ Q, np.eye(12), atol=1e-10)
+    assert np.allclose(R, np.triu(R))
