@@ -278,6 +278,21 @@ def _many(values, cast, name):
     return out
 
 
+def _bytes_option(text, name):
+    """``12GiB``, ``500MB`` or a plain byte count, as Dask spells memory sizes."""
+    if text is None:
+        return None
+    from dask.utils import parse_bytes
+
+    try:
+        value = parse_bytes(text)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(f"{text!r} is not a size; write e.g. 12GiB or 500MB", param_hint=name) from exc
+    if value <= 0:
+        raise click.BadParameter(f"{text!r} must be a positive size, e.g. 12GiB", param_hint=name)
+    return value
+
+
 def _count_or_fraction(text: str):
     value = float(text)
     return int(value) if value >= 1 and value.is_integer() and "." not in text else value
@@ -298,6 +313,11 @@ def _count_or_fraction(text: str):
 @click.option("--block-size", type=int, default=None, help="Side of the n x n blocks (default 2048/4096).")
 @click.option("--max-concurrent", type=int, default=None,
               help="Grid points in flight at once (default: cluster threads, capped by a memory estimate).")
+@click.option("--backend", type=click.Choice(["dask", "dense"]), default="dask", show_default=True,
+              help="dask: grid points as Dask graphs on the cluster; dense: one process, in-place n x n buffers "
+                   "reused across grid points (about half the memory per point; for large n on one machine).")
+@click.option("--memory-limit", type=str, default=None,
+              help="dense backend: bytes it may use, e.g. 12GiB (default: the machine's available memory).")
 @click.option("--power-iters", "n_power_iter", type=int, default=None, help="Eigensolver power iterations.")
 @click.option("--exact-maxiter", type=int, default=300, show_default=True, help="L-BFGS iterations of edlae-opt.")
 @click.option("--exact-points", type=click.Choice(["chosen", "grid"]), default="chosen", show_default=True,
@@ -308,7 +328,7 @@ def _count_or_fraction(text: str):
 @click.option("--out", type=click.Path(), default=None, help="Write the full report (every grid point) as JSON here.")
 @_user_errors
 def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, block_size, max_concurrent,
-             n_power_iter, exact_maxiter, exact_points, cluster, n_workers, out):
+             backend, memory_limit, n_power_iter, exact_maxiter, exact_points, cluster, n_workers, out):
     """Strong-generalization evaluation: λ and p chosen on validation users, nDCG/Recall on test users."""
     from edlae_dask.cluster import connect
     from edlae_dask.evaluation import evaluate as run_evaluate
@@ -322,6 +342,7 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
     with connect(cluster, n_workers=n_workers) as client:
         report = run_evaluate(interactions, models=models, ks=ks, lams=lams, ps=ps, n_valid=n_valid, n_test=n_test,
                               seed=seed, dtype=dtype, block_size=block_size, client=client,
+                              backend=backend, memory_limit=_bytes_option(memory_limit, "--memory-limit"),
                               max_concurrent=max_concurrent, n_power_iter=n_power_iter, exact_maxiter=exact_maxiter,
                               exact_points=exact_points)
     click.echo(report.table())

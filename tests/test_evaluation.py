@@ -385,6 +385,33 @@ def test_cli_evaluate_prints_the_table_and_writes_json(problem, tmp_path):
     assert rep["split"]["n_test_users"] == 50
 
 
+def test_cli_evaluate_dense_backend_reports_what_the_dask_backend_does(problem, tmp_path):
+    store, _ = problem
+    args = ["evaluate", "--interactions", store.path, "--k", "3", "--lam", "2", "60", "--p", "0.4",
+            "--models", "edlae,full-rank", "--n-valid", "60", "--n-test", "60", "--cluster", "threads",
+            "--block-size", "64", "--dtype", "float64"]
+    rows = {}
+    for backend in ("dask", "dense"):
+        out = tmp_path / f"{backend}.json"
+        r = CliRunner().invoke(cli, args + ["--backend", backend, "--memory-limit", "1GiB", "--out", str(out)],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        rep = json.loads(out.read_text())
+        assert rep["settings"]["backend"] == backend
+        rows[backend] = {(row["model"], row["k"]): row for row in rep["rows"]}
+    assert rows["dask"].keys() == rows["dense"].keys() == {("edlae", 3), ("full-rank", None)}
+    for key, row in rows["dask"].items():
+        assert (row["lam"], row["p"]) == (rows["dense"][key]["lam"], rows["dense"][key]["p"])
+        assert row["test"]["ndcg@100"]["mean"] == pytest.approx(rows["dense"][key]["test"]["ndcg@100"]["mean"], abs=1e-9)
+
+
+def test_cli_evaluate_rejects_a_memory_limit_that_is_not_a_size(problem):
+    store, _ = problem
+    r = CliRunner().invoke(cli, ["evaluate", "--interactions", store.path, "--k", "3", "--backend", "dense",
+                                 "--memory-limit", "lots", "--cluster", "threads"])
+    assert r.exit_code == 2 and "not a size" in r.output
+
+
 def test_cli_evaluate_reports_bad_input_in_one_line(problem):
     store, _ = problem
     r = CliRunner().invoke(cli, ["evaluate", "--interactions", store.path, "--models", "edlae", "--cluster", "threads"])

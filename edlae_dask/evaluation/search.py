@@ -843,7 +843,8 @@ def _choose(grid: list) -> list:
 
 def evaluate(store, *, models=("edlae", "lae", "full-rank", "ease"), ks=(), lams=(20.0,), ps=(0.25,),
              n_valid=0.1, n_test=0.1, seed: int = 0, min_items: int = 5, target_fraction: float = 0.2,
-             dtype: str = "float32", block_size: int | None = None, client=None, **run_options) -> EvaluationReport:
+             dtype: str = "float32", block_size: int | None = None, client=None, backend: str = "dask",
+             memory_limit: int | None = None, **run_options) -> EvaluationReport:
     """Split, build the shared Gram, evaluate ``models`` over the grid, report on test users.
 
     The one-call form of ``Evaluator(store, …).run(…)``; see :class:`Evaluator` and
@@ -856,5 +857,6 @@ def evaluate(store, *, models=("edlae", "lae", "full-rank", "ease"), ks=(), lams
     >>> print(rep.table())                                                                # doctest: +SKIP
     """
     with Evaluator(store, n_valid=n_valid, n_test=n_test, seed=seed, min_items=min_items,
-                   target_fraction=target_fraction, dtype=dtype, block_size=block_size, client=client) as ev:
+                   target_fraction=target_fraction, dtype=dtype, block_size=block_size, client=client,
+                   backend=backend, memory_limit=memory_limit) as ev:
         return ev.run(models=models, ks=ks, lams=lams, ps=ps, **run_options)
