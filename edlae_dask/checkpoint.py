@@ -13,13 +13,17 @@ A checkpoint is reused only if its fingerprint matches: a sha256 of the inputs
 and parameters that determine it — for ``gram`` the interaction store's content
 fingerprint, the dtype and the block size; for ``inverse`` the Gram's
 fingerprint plus λ and p (not k, the seed or the eigensolver settings, so a run
-with another k reuses both). Each checkpoint is written in full under a
-temporary name and renamed into place (:func:`edlae_dask.io._atomic.replace_dir`):
-complete or absent. One that is damaged, foreign or not plain numbers is
-ignored with a warning and recomputed; nothing in it is unpickled.
+with another k reuses both). A checkpoint's ``complete`` attribute is written
+last, and one without it is never read. In a local directory it is also written
+in full under a temporary name and renamed into place
+(:func:`edlae_dask.io._atomic.replace_dir`): complete or absent. Under an fsspec
+URL (object storage: no rename) it is written in place, ``complete`` last. One
+that is incomplete, damaged (a chunk missing reads as NaN), foreign or not plain
+numbers is ignored with a warning and recomputed; nothing in it is unpickled.
 
 The workers write and read the blocks, so the directory must be on storage that
-the client and every worker see (like the factor store). It costs about
+the client and every worker see (like the factor store): a shared file system,
+or a URL (``s3://bucket/checkpoints``) that each worker opens itself. It costs about
 ``2·n²·itemsize`` bytes of disk (before compression) and is never deleted by
 edlae-dask: remove it once the model is published and no rerun with other k,
 λ or p is planned.
@@ -32,7 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -45,6 +48,7 @@ import zarr
 from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io._atomic import replace_dir
+from edlae_dask.io._fs import Location, location
 from edlae_dask.io._plain import check_plain_array, get_node
 
 log = logging.getLogger("edlae_dask.checkpoint")
@@ -64,8 +68,8 @@ class StageCheckpoints:
 
     Parameters
     ----------
-    root : str or os.PathLike
-        The checkpoint directory (created on first write).
+    root : str, os.PathLike or Location
+        The checkpoint directory (created on first write), or an fsspec URL.
     interactions_fingerprint : str
         Content fingerprint of the interaction store.
     n_items : int
@@ -75,11 +79,14 @@ class StageCheckpoints:
         Side of the square blocks.
     lam, p : float
         The regularization of ``P = G + Λ`` (eq. 8).
+    storage_options : dict, optional
+        fsspec options for a URL.
     """
 
     def __init__(self, root, *, interactions_fingerprint: str, n_items: int, dtype: str, block_size: int,
-                 lam: float, p: float):
-        self.root = Path(root)
+                 lam: float, p: float, storage_options=None):
+        self.location = location(root, storage_options)
+        self.root = Path(self.location.url) if self.location.is_local else self.location
         self.n_items = int(n_items)
         self.dtype = np.dtype(dtype)
         self.block_size = int(block_size)
@@ -90,8 +97,9 @@ class StageCheckpoints:
         self.inputs = {"gram": gram_inputs, "inverse": inverse_inputs}
         self.fingerprints = {"gram": gram_fp, "inverse": _digest(["inverse", inverse_inputs])}
 
-    def path(self, stage: str) -> Path:
-        return self.root / f"{stage}-{self.fingerprints[stage][:16]}"
+    def path(self, stage: str) -> Location:
+        """Where the checkpoint of ``stage`` for these inputs is (``str()`` of it: its path or URL)."""
+        return self.location.join(f"{stage}-{self.fingerprints[stage][:16]}")
 
     def run(self, stage: str, compute: Callable[[], dict], persist: Callable, client, info: dict) -> dict:
         """The stage's arrays: read back from a matching checkpoint, else ``compute()``-d and written.
@@ -116,7 +124,7 @@ class StageCheckpoints:
     def load(self, stage: str, persist: Callable) -> dict | None:
         """The checkpointed arrays of ``stage`` (matrices persisted), or None if there is no usable one."""
         path = self.path(stage)
-        if not path.exists():
+        if not (os.path.exists(path.url) if path.is_local else path.join("zarr.json").read_bytes() is not None):
             log.info("no %s checkpoint for these inputs in %s: computing it", stage, self.root)
             return None
         try:
@@ -141,9 +149,9 @@ class StageCheckpoints:
                  self.fingerprints[stage][:16], stage)
         return out
 
-    def _open(self, stage: str, path: Path) -> dict:
+    def _open(self, stage: str, path: Location) -> dict:
         try:
-            group = zarr.open_group(str(path), mode="r", zarr_format=3)
+            group = path.open_group("r")
         except Exception as exc:  # zarr raises several types for "not a group here"
             raise StoreFormatError(f"not a zarr v3 group: {exc}") from exc
         attrs = dict(group.attrs)
@@ -170,11 +178,14 @@ class StageCheckpoints:
     def save(self, stage: str, arrays: dict, client) -> None:
         """Write the arrays of ``stage`` (dask matrices by the workers) and move them into place."""
         t0 = time.perf_counter()
-        self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(stage)
-        tmp = self.root / f".{final.name}.tmp-{uuid.uuid4().hex}"
+        if final.is_local:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.location.join(f".{final.name}.tmp-{uuid.uuid4().hex}")
+        else:  # no rename on object storage: write in place ("w" clears a leftover), complete last
+            tmp = final
         try:
-            group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+            group = tmp.open_group("w-" if tmp.is_local else "w")
             writes = []
             for name, kind in STAGE_ARRAYS[stage].items():
                 x = arrays[name]
@@ -196,9 +207,10 @@ class StageCheckpoints:
                                fingerprint=self.fingerprints[stage], inputs=self.inputs[stage],
                                created=_dt.datetime.now(_dt.timezone.utc).isoformat(), code_version=__version__)
             group.attrs["complete"] = True  # last: a checkpoint without it is never read
-            replace_dir(tmp, final, check_replaceable=_check_replaceable)
+            if final.is_local:
+                replace_dir(tmp.url, final.url, check_replaceable=_check_replaceable)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.remove()
             raise
         log.info("%s checkpoint written to %s in %.2f s", stage, final, time.perf_counter() - t0)
 

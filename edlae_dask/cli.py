@@ -17,11 +17,16 @@ from pathlib import Path
 import click
 
 from edlae_dask._version import __version__
-from edlae_dask.jobspec import SpecCommand
+from edlae_dask.jobspec import JsonMapping, SpecCommand
 
 _CLUSTER_HELP = ("'local' (embedded LocalCluster), 'threads', a scheduler address tcp://… / tls://…, "
                  "or a cluster spec file (cluster/README.md)")
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_storage_options = click.option(
+    "--storage-options", type=JsonMapping(), default=None,
+    help="fsspec options (a JSON object) for the stores given as URLs (s3://bucket/prefix, gcs://…), e.g. "
+         "'{\"endpoint_url\": \"http://minio:9000\"}'. Default: fsspec's defaults and environment (AWS_* variables, "
+         "…). The workers get them with their tasks.")
 log = logging.getLogger("edlae_dask.cli")
 
 
@@ -79,9 +84,10 @@ def cli(ctx, verbose):
 @click.option("--shard-size", type=int, default=100_000, show_default=True, help="Users per shard.")
 @click.option("--chunk-rows", type=int, default=1_000_000, show_default=True, help="Rows read at a time.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing interaction store at --out.")
+@_storage_options
 @_user_errors
 def ingest(source, out, fmt, user_col, item_col, value_col, min_value, min_user_interactions,
-           min_item_interactions, shard_size, chunk_rows, overwrite):
+           min_item_interactions, shard_size, chunk_rows, overwrite, storage_options):
     """Read raw interactions (CSV, Parquet, MovieLens, Netflix, MSD) into an interaction store."""
     from edlae_dask.ingest import ingest as run_ingest
 
@@ -89,7 +95,7 @@ def ingest(source, out, fmt, user_col, item_col, value_col, min_value, min_user_
         list(source) if len(source) > 1 else source[0], out, fmt=fmt, user_col=user_col, item_col=item_col,
         value_col=value_col, min_value=min_value, min_user_interactions=min_user_interactions,
         min_item_interactions=min_item_interactions, shard_size=shard_size, chunk_rows=chunk_rows,
-        overwrite=overwrite,
+        overwrite=overwrite, storage_options=storage_options,
     )
     click.echo(report.summary())
 
@@ -133,9 +139,10 @@ def _train_options(fn):
                    "workers see) and reuse them when a rerun has the same inputs, so a killed job resumes. "
                    "Default: no checkpoints.")
 @_train_options
+@_storage_options
 @_user_errors
 def train(interactions, out, overwrite, k, lam, p, dtype, seed, block_size, n_oversamples, n_power_iter,
-          train_path, neighbors, neighbor_score, cluster, n_workers, progress, checkpoint_dir):
+          train_path, neighbors, neighbor_score, cluster, n_workers, progress, checkpoint_dir, storage_options):
     """Train U, V of Algorithm 1 on an interaction store and publish them to a factor store."""
     from edlae_dask.cluster import connect
     from edlae_dask.model import TrainParams, train as run_train
@@ -146,7 +153,7 @@ def train(interactions, out, overwrite, k, lam, p, dtype, seed, block_size, n_ov
     progress = sys.stderr.isatty() if progress is None else progress
     with connect(cluster, n_workers=n_workers) as client:
         res = run_train(interactions, params=params, client=client, out=out, overwrite=overwrite, progress=progress,
-                        checkpoint_dir=checkpoint_dir)
+                        checkpoint_dir=checkpoint_dir, storage_options=storage_options)
     _print_train_summary(res, out)
 
 
@@ -326,9 +333,11 @@ def _count_or_fraction(text: str):
               help=_CLUSTER_HELP)
 @click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core).")
 @click.option("--out", type=click.Path(), default=None, help="Write the full report (every grid point) as JSON here.")
+@_storage_options
 @_user_errors
 def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, block_size, max_concurrent,
-             backend, memory_limit, n_power_iter, exact_maxiter, exact_points, cluster, n_workers, out):
+             backend, memory_limit, n_power_iter, exact_maxiter, exact_points, cluster, n_workers, out,
+             storage_options):
     """Strong-generalization evaluation: λ and p chosen on validation users, nDCG/Recall on test users."""
     from edlae_dask.cluster import connect
     from edlae_dask.evaluation import evaluate as run_evaluate
@@ -343,6 +352,7 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
         report = run_evaluate(interactions, models=models, ks=ks, lams=lams, ps=ps, n_valid=n_valid, n_test=n_test,
                               seed=seed, dtype=dtype, block_size=block_size, client=client,
                               backend=backend, memory_limit=_bytes_option(memory_limit, "--memory-limit"),
+                              storage_options=storage_options,
                               max_concurrent=max_concurrent, n_power_iter=n_power_iter, exact_maxiter=exact_maxiter,
                               exact_points=exact_points)
     click.echo(report.table())
@@ -370,8 +380,10 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
 @click.option("--user-batch", type=int, default=None, help="Users per score block (default 1024).")
 @click.option("--include-seen", is_flag=True, help="Also recommend items the user already has.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@_storage_options
 @_user_errors
-def score(factors, interactions, out, top_n, cluster, n_workers, item_block, user_batch, include_seen, progress):
+def score(factors, interactions, out, top_n, cluster, n_workers, item_block, user_batch, include_seen, progress,
+          storage_options):
     """Write the top-N items of every user to a recommendations store; reruns skip finished shards."""
     from edlae_dask.cluster import connect
     from edlae_dask.scoring import score as run_score
@@ -379,7 +391,8 @@ def score(factors, interactions, out, top_n, cluster, n_workers, item_block, use
     progress = sys.stderr.isatty() if progress is None else progress
     with connect(cluster, n_workers=n_workers) as client:
         report = run_score(factors, interactions, out, top_n=top_n, client=client, item_block=item_block,
-                           user_batch=user_batch, exclude_seen=not include_seen, progress=progress)
+                           user_batch=user_batch, exclude_seen=not include_seen, progress=progress,
+                           storage_options=storage_options)
     click.echo(report.summary())
 
 

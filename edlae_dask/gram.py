@@ -162,9 +162,9 @@ def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_ev
     dsk: dict = {}
     for s in shards:
         if rows[s] is None and item_idx is None:
-            dsk[(load_name, s)] = (_load_shard_blocks, store.path, s, bounds, dtype)
+            dsk[(load_name, s)] = (_load_shard_blocks, store.location, s, bounds, dtype)
         else:
-            dsk[(load_name, s)] = (_load_shard_blocks, store.path, s, bounds, dtype, rows[s], item_idx)
+            dsk[(load_name, s)] = (_load_shard_blocks, store.location, s, bounds, dtype, rows[s], item_idx)
     lower = {}
     for i in range(nb):
         for j in range(i + 1):

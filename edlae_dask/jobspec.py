@@ -104,6 +104,22 @@ def check_type(value, types: tuple, key: str, where: str) -> None:
         raise ParameterError(f"{where}: {key!r} must be {expected}, not {value!r} ({type(value).__name__})")
 
 
+class JsonMapping(click.ParamType):
+    """A mapping: a JSON object on the command line (``'{"anon": true}'``), a YAML mapping in a job spec."""
+
+    name = "JSON"
+
+    def convert(self, value, param, ctx):
+        from edlae_dask.io._fs import parse_storage_options
+
+        if value is None or isinstance(value, dict):
+            return value
+        try:
+            return parse_storage_options(value)
+        except ParameterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 # --------------------------------------------------------------------------- job specs
 
 
@@ -218,6 +234,12 @@ def _check_scalar(value, param: click.Parameter, key: str, where: str):
             raise ParameterError(f"{where}: {key!r} must be one of {', '.join(map(str, t.choices))}, not {value!r}")
     elif isinstance(t, click.Path):
         check_type(value, (str,), key, where)
+    elif isinstance(t, JsonMapping):
+        check_type(value, (dict, str), key, where)
+        try:
+            t.convert(value, param, None)
+        except click.BadParameter as exc:
+            raise ParameterError(f"{where}: {key!r}: {exc.message}") from exc
     else:  # free text; numbers are fine (n-valid: 0.1, k: [50, 200])
         check_type(value, (str, int, float), key, where)
     return value

@@ -295,18 +295,19 @@ def _persist(x, client, progress: bool):
 
 
 def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool = False,
-          progress: bool = False, stage_log=None, checkpoint_dir=None) -> TrainResult:
+          progress: bool = False, stage_log=None, checkpoint_dir=None, storage_options=None) -> TrainResult:
     """Run Algorithm 1 on the interaction store and (optionally) publish the factors.
 
     Parameters
     ----------
     store : str or InteractionStore
-        The interaction store (see ``edlae-dask ingest``).
+        The interaction store (see ``edlae-dask ingest``): a local path or an fsspec URL.
     params : TrainParams
     client : distributed.Client or None
         Where the graphs run; ``None`` uses Dask's threaded scheduler in this process.
     out : str, optional
-        Factor store to publish into (a new version, atomically).
+        Factor store to publish into (a new version, atomically); a local path or
+        an fsspec URL (``s3://bucket/factors``).
     overwrite : bool, default=False
         Allow publishing into an existing factor store.
     progress : bool, default=False
@@ -316,7 +317,10 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
         reuse those whose fingerprint (interaction store, dtype, block size; λ, p
         for the inverse) matches, so a killed job resumes after its last finished
         stage (:mod:`edlae_dask.checkpoint`). Must be visible to every worker; costs
-        about 2·n²·itemsize bytes of disk. ``None``: no checkpoints.
+        about 2·n²·itemsize bytes of disk. ``None``: no checkpoints. May be a URL.
+    storage_options : dict, optional
+        fsspec options for the stores given as URLs (default: fsspec's defaults and
+        environment). The tasks carry them, so the workers open the stores themselves.
     """
     from edlae_dask.cluster import cluster_memory
     from edlae_dask.diagnostics import StageLog
@@ -324,7 +328,7 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
     from edlae_dask.io.interactions import InteractionStore, open_interactions
 
     t_start = time.perf_counter()
-    store = store if isinstance(store, InteractionStore) else open_interactions(store)
+    store = store if isinstance(store, InteractionStore) else open_interactions(store, storage_options=storage_options)
     n = store.n_items
     params.validate(n)
     dtype = np.dtype(params.dtype)
@@ -338,7 +342,8 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
         f"blocks of {block}" if path == "dense" else f"K={min(params.neighbors, n - 1)} neighbours",
         need / 2**30, total / 2**30,
     )
-    writer = FactorWriter(out, overwrite=overwrite) if out is not None else None
+    writer = (FactorWriter(out, overwrite=overwrite, storage_options=storage_options)
+              if out is not None else None)
     stages = stage_log or StageLog(client)
     # every graph of this run goes to the same scheduler, including those the stage
     # functions compute internally (a default distributed client would otherwise win)
@@ -347,7 +352,7 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
         try:
             if path == "dense":
                 result = _train_stages(store, params, client, writer, stages, progress, dtype, block, out, t_start,
-                                       checkpoint_dir)
+                                       checkpoint_dir, storage_options)
             else:
                 result = _train_scalable(store, params, client, writer, stages, progress, out, t_start, n_workers)
             peak = max(r.peak_total_bytes for r in stages.records)
@@ -370,7 +375,7 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
 
 
 def _train_stages(store, params, client, writer, stages, progress, dtype, block, out, t_start,
-                  checkpoint_dir=None) -> TrainResult:
+                  checkpoint_dir=None, storage_options=None) -> TrainResult:
     from edlae_dask.checkpoint import StageCheckpoints
     from edlae_dask.gram import gram
     from edlae_dask.linalg import randomized_eigh, spd_inverse
@@ -378,7 +383,7 @@ def _train_stages(store, params, client, writer, stages, progress, dtype, block,
     n = store.n_items
     checkpoints = None if checkpoint_dir is None else StageCheckpoints(
         checkpoint_dir, interactions_fingerprint=store.fingerprint, n_items=n, dtype=dtype.name, block_size=block,
-        lam=params.lam, p=params.p)
+        lam=params.lam, p=params.p, storage_options=storage_options)
 
     def persist(x):
         return _persist(x, client, progress)
@@ -592,22 +597,25 @@ class EDLAE:
     def get_params(self) -> dict:
         return {name: getattr(self, name) for name in TrainParams.__dataclass_fields__}
 
-    def fit(self, store, *, out=None, overwrite: bool = False, client=None, progress: bool = False) -> "EDLAE":
+    def fit(self, store, *, out=None, overwrite: bool = False, client=None, progress: bool = False,
+            storage_options=None) -> "EDLAE":
         """Train on an interaction store; publish to ``out`` if given. Returns ``self``.
 
         Runs on ``client``, else on the current distributed client if there is one,
-        else on Dask's threaded scheduler.
+        else on Dask's threaded scheduler. ``store`` and ``out`` may be fsspec URLs
+        (``s3://bucket/prefix``), opened with ``storage_options``.
         """
         params = TrainParams(**self.get_params()).validate()
         client = client if client is not None else _current_client()
-        res = train(store, params=params, client=client, out=out, overwrite=overwrite, progress=progress)
+        res = train(store, params=params, client=client, out=out, overwrite=overwrite, progress=progress,
+                    storage_options=storage_options)
         if out is None:
             self.U_ = np.asarray(res.U.compute())
             self.V_ = np.asarray(res.V.compute())
         else:
             from edlae_dask.io.factors import open_factors
 
-            f = open_factors(out, res.version)
+            f = open_factors(out, res.version, storage_options=storage_options)
             self.U_, self.V_ = f.U, f.V
         self.eigenvalues_ = res.eigenvalues
         self.ritz_residuals_ = res.ritz_residuals

@@ -14,6 +14,13 @@ index. One Dask task per user shard::
 so a worker holds, besides XU and the N running best per user, one
 ``user_batch × item_block`` block of scores: it works for 10⁶ items. See
 :mod:`edlae_dask.io.recommendations` for the store and the rerun/resume rules.
+
+Every store may be a local path or an fsspec URL (``s3://…``). A task carries the
+stores' locations (URL and storage options, :class:`edlae_dask.io._fs.Location`),
+never data or file handles: each worker reads its shard, U and V, and writes its
+rows, by URL itself. Two runs at once on one output are serialized by a lock file
+locally, and need no lock under a URL (rows are written per run, then a marker in
+one PUT): see :mod:`edlae_dask.io.recommendations`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from edlae_dask.errors import InputDataError, MemoryBudgetError, ModelFitError, ParameterError
+from edlae_dask.io._fs import Location, location
 
 log = logging.getLogger("edlae_dask.scoring")
 
@@ -242,13 +250,13 @@ def top_n_scores(X, U, V, top_n: int, *, item_block: int | None = None, user_bat
 
 @dataclass(frozen=True)
 class _ShardJob:
-    interactions_path: str
+    interactions_path: Location  # locations (URL + storage options): the worker opens each store itself
     shard: int
     start: int
     stop: int
-    factors_path: str
+    factors_path: Location
     factor_version: str
-    work_path: str
+    work_path: Location
     top_n: int
     item_block: int | None
     user_batch: int | None
@@ -412,17 +420,19 @@ def _check_same_items(f, store) -> None:
 
 def score(factors, interactions, out, *, top_n: int = 100, client=None, item_block: int | None = None,
           user_batch: int | None = None, exclude_seen: bool = True, progress: bool = False,
-          shards=None) -> ScoreReport:
+          shards=None, storage_options=None) -> ScoreReport:
     """Score every user of ``interactions`` with ``factors``; write the top-N to the store ``out``.
 
     Parameters
     ----------
     factors : str, os.PathLike or edlae_dask.io.factors.Factors
-        A factor store (its latest version) or an opened version.
+        A factor store (its latest version; a local path or an fsspec URL) or an
+        opened version.
     interactions : str, os.PathLike or InteractionStore
         The users to score; its items must be the factors' items, in the same order.
     out : str or os.PathLike
-        The recommendations store (see :mod:`edlae_dask.io.recommendations`).
+        The recommendations store (see :mod:`edlae_dask.io.recommendations`), a
+        local directory or an fsspec URL.
     top_n : int, default=100
         Items per user, ``1 <= top_n <= n_items``.
     client : distributed.Client or None
@@ -437,6 +447,9 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
     shards : iterable of int, optional
         Score only these shards now (the store is published once all are done, by
         this or a later run). For splitting a job, and to test resumption.
+    storage_options : dict, optional
+        fsspec options for the stores given as URLs (default: fsspec's defaults
+        and environment, e.g. ``AWS_*`` variables). The tasks carry them to the workers.
 
     Returns
     -------
@@ -469,21 +482,24 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
     per-shard fingerprints) are copied from ``out`` into the new store rather than
     scored again, so new interactions for some users rescore only their shards.
 
-    One run writes ``out`` at a time: a second run started meanwhile (another
-    process, another machine on the same filesystem) waits on ``out``'s lock file
-    and then finds the work done (see :func:`edlae_dask.io.recommendations.output_lock`).
+    One run writes a local ``out`` at a time: a second run started meanwhile
+    (another process, another machine on the same filesystem) waits on ``out``'s
+    lock file and then finds the work done (see
+    :func:`edlae_dask.io.recommendations.output_lock`). Under a URL two runs at once
+    take no lock and cannot corrupt the output; they may both score a shard
+    (see :mod:`edlae_dask.io.recommendations`).
 
     Cost: 2·users·n_items·k flops for the scores, plus XU (2·nnz·k); each task reads
     U and V once. Memory per task: see :func:`top_n_scores`.
     """
-    from edlae_dask.diagnostics import StageLog
     from edlae_dask.io import recommendations as recs
     from edlae_dask.io.factors import Factors, open_factors
     from edlae_dask.io.interactions import InteractionStore, open_interactions
 
     t_start = time.perf_counter()
-    f = factors if isinstance(factors, Factors) else open_factors(factors)
-    store = interactions if isinstance(interactions, InteractionStore) else open_interactions(interactions)
+    f = factors if isinstance(factors, Factors) else open_factors(factors, storage_options=storage_options)
+    store = (interactions if isinstance(interactions, InteractionStore)
+             else open_interactions(interactions, storage_options=storage_options))
     n_items = f.n_items
     top_n = _check_positive_int("top_n", top_n, allow_none=False, upper=n_items)
     item_block = _check_positive_int("item_block", item_block)
@@ -501,12 +517,12 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
     meta = dict(
         top_n=top_n, n_users=store.n_users, n_items=n_items, n_shards=store.n_shards,
         chunk_rows=recs.chunk_rows_for(offsets), shard_offsets=offsets, exclude_seen=bool(exclude_seen),
-        factors_path=os.path.abspath(f.path), factor_version=f.version,
+        factors_path=f.path, factor_version=f.version,
         factors_interactions_fingerprint=f.meta.get("interactions_fingerprint"),
         interactions_path=store.path, interactions_fingerprint=store.fingerprint, scoring_token=token,
         shard_tokens=shard_tokens, score_dtype=str(dtype),
     )
-    target = os.path.abspath(os.fspath(out))
+    target = location(out, storage_options)
     with recs.output_lock(target):
         return _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtype, t_start)
 
@@ -530,8 +546,10 @@ def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtyp
     marker = dict(factor_version=f.version, interactions_fingerprint=store.fingerprint, top_n=top_n,
                   scoring_token=token)
     done = set(recs.done_shards(work))
-    reused = [] if in_place else recs.carry_over(target, work, shards=[s for s in wanted if s not in done],
-                                                  marker=marker)
+    missing = [s for s in wanted if s not in done]
+    if missing:  # nothing is written when nothing is missing
+        marker.update(recs.start_run(work))
+    reused = [] if in_place or not missing else recs.carry_over(target, work, shards=missing, marker=marker)
     if reused:
         log.info("took %d unchanged shards from the previous recommendations in %s (same factor version, same "
                  "users and interactions)", len(reused), target)
@@ -542,7 +560,7 @@ def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtyp
         "scoring %d users x %d items (k=%d, %s) with factor version %s: top %d, %d shards, blocks of %d users x "
         "%d items (%.0f MB); writing %s%s",
         store.n_users, n_items, f.k, dtype, f.version, top_n, store.n_shards, ub, ib, ub * ib * dtype.itemsize / 2**20,
-        work, "" if work == target else f" (published to {target} when complete)",
+        work, "" if in_place else f" (published to {target} when complete)",
     )
     n_workers = len(client.scheduler_info().get("workers", {})) if client is not None else os.cpu_count() or 1
     if 0 < len(todo) < n_workers:
@@ -551,8 +569,8 @@ def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtyp
     if skipped:
         log.info("skipped %d complete shards (factor version %s, same interactions)", skipped, f.version)
     jobs = [
-        _ShardJob(interactions_path=store.path, shard=s, start=offsets[s], stop=offsets[s + 1],
-                  factors_path=os.path.abspath(f.path), factor_version=f.version, work_path=work, top_n=top_n,
+        _ShardJob(interactions_path=store.location, shard=s, start=offsets[s], stop=offsets[s + 1],
+                  factors_path=f.location, factor_version=f.version, work_path=work, top_n=top_n,
                   item_block=ib, user_batch=ub, exclude_seen=bool(exclude_seen), marker=marker,
                   log_here=client is None)
         for s in todo
@@ -567,12 +585,12 @@ def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtyp
     done = set(recs.done_shards(work))
     pending = store.n_shards - len(done)
     published = pending == 0
-    if published and work != target:
+    if published and not in_place:
         with stages.stage("publish", f"{work} -> {target}"):
             recs.publish(work, target)
-        work = target
     report = ScoreReport(
-        out=target, path=work, factor_version=f.version, top_n=top_n, n_users=store.n_users,
+        out=target.url, path=target.url if published else work.url, factor_version=f.version, top_n=top_n,
+        n_users=store.n_users,
         n_users_scored=sum(r["users"] for r in records), n_shards=store.n_shards, n_shards_scored=len(records),
         n_shards_skipped=skipped, n_shards_pending=pending, seconds=time.perf_counter() - t_start,
         score_seconds=score_seconds, published=published, item_block=ib, user_batch=ub, stages=stages.as_dict(),
@@ -601,13 +619,14 @@ def _run_jobs(jobs: list[_ShardJob], client, progress: bool, token: str) -> list
     name = f"edlae-score-shard-{token[:12]}-{uuid.uuid4().hex[:8]}"  # side effects: never reuse a result
     tasks = [dask.delayed(_score_shard, pure=False)(j, dask_key_name=f"{name}-{j.shard:05d}") for j in jobs]
     if client is None:
-        with dask.config.set(scheduler="threads"):
-            if progress:
-                from dask.diagnostics import ProgressBar
+        # the scheduler is named in the call, not set in dask.config: that is global, and two runs in
+        # threads of one process would leave it changed when their config.set blocks interleave
+        if progress:
+            from dask.diagnostics import ProgressBar
 
-                with ProgressBar():
-                    return list(dask.compute(*tasks))
-            return list(dask.compute(*tasks))
+            with ProgressBar():
+                return list(dask.compute(*tasks, scheduler="threads"))
+        return list(dask.compute(*tasks, scheduler="threads"))
     from distributed import as_completed, progress as dprogress
 
     with client.as_current():

@@ -296,6 +296,9 @@ class Evaluator:
         client, if any, then only runs ``edlae-opt``.
     memory_limit : int, optional
         Bytes the dense backend may use (default: the machine's available memory).
+    storage_options : dict, optional
+        fsspec options when ``store`` is a URL (``s3://…``); the tasks carry them, so
+        the workers read the shards themselves.
 
     Attributes
     ----------
@@ -324,13 +327,15 @@ class Evaluator:
 
     def __init__(self, store, *, n_valid=0.1, n_test=0.1, seed: int = 0, min_items: int = 5,
                  target_fraction: float = 0.2, dtype: str = "float32", block_size: int | None = None,
-                 client=None, split: Split | None = None, backend: str = "dask", memory_limit: int | None = None):
+                 client=None, split: Split | None = None, backend: str = "dask", memory_limit: int | None = None,
+                 storage_options=None):
         from edlae_dask.gram import gram
         from edlae_dask.io.interactions import InteractionStore, open_interactions
         from edlae_dask.model import MAX_BLOCK_SIZE
 
         t0 = time.perf_counter()
-        self.store = store if isinstance(store, InteractionStore) else open_interactions(store)
+        self.store = (store if isinstance(store, InteractionStore)
+                      else open_interactions(store, storage_options=storage_options))
         if dtype not in ("float32", "float64"):
             raise ParameterError(f"The 'dtype' parameter must be 'float32' or 'float64'. Got {dtype!r} instead.")
         self.dtype = np.dtype(dtype)
@@ -844,7 +849,7 @@ def _choose(grid: list) -> list:
 def evaluate(store, *, models=("edlae", "lae", "full-rank", "ease"), ks=(), lams=(20.0,), ps=(0.25,),
              n_valid=0.1, n_test=0.1, seed: int = 0, min_items: int = 5, target_fraction: float = 0.2,
              dtype: str = "float32", block_size: int | None = None, client=None, backend: str = "dask",
-             memory_limit: int | None = None, **run_options) -> EvaluationReport:
+             memory_limit: int | None = None, storage_options=None, **run_options) -> EvaluationReport:
     """Split, build the shared Gram, evaluate ``models`` over the grid, report on test users.
 
     The one-call form of ``Evaluator(store, …).run(…)``; see :class:`Evaluator` and
@@ -858,5 +863,5 @@ def evaluate(store, *, models=("edlae", "lae", "full-rank", "ease"), ks=(), lams
     """
     with Evaluator(store, n_valid=n_valid, n_test=n_test, seed=seed, min_items=min_items,
                    target_fraction=target_fraction, dtype=dtype, block_size=block_size, client=client,
-                   backend=backend, memory_limit=memory_limit) as ev:
+                   backend=backend, memory_limit=memory_limit, storage_options=storage_options) as ev:
         return ev.run(models=models, ks=ks, lams=lams, ps=ps, **run_options)

@@ -150,7 +150,7 @@ def _read_rows(store, users: np.ndarray, client) -> sp.csr_matrix:
     for s in range(store.n_shards):
         lo, hi = np.searchsorted(users, [offsets[s], offsets[s + 1]])
         if hi > lo:
-            parts.append(dask.delayed(_shard_rows, pure=True)(store.path, s, users[lo:hi] - offsets[s]))
+            parts.append(dask.delayed(_shard_rows, pure=True)(store.location, s, users[lo:hi] - offsets[s]))
     if not parts:
         return sp.csr_matrix((0, store.n_items), dtype=np.float32)
     if client is not None:
@@ -160,7 +160,7 @@ def _read_rows(store, users: np.ndarray, client) -> sp.csr_matrix:
     return sp.vstack(list(got), format="csr", dtype=np.float32)
 
 
-def _shard_rows(path: str, s: int, local: np.ndarray) -> sp.csr_matrix:
+def _shard_rows(path, s: int, local: np.ndarray) -> sp.csr_matrix:
     from edlae_dask.io.interactions import read_shard
 
     return read_shard(path, s)[local]

@@ -44,6 +44,7 @@ import scipy.sparse as sp
 
 from edlae_dask.errors import InputDataError, ParameterError
 from edlae_dask.ingest.readers import FORMATS, FilePlan, iter_chunks, plan_file, resolve_sources
+from edlae_dask.io._fs import is_url
 from edlae_dask.io.interactions import check_output_path, normalize_ids, write_interactions_from_shards
 
 __all__ = ["IngestReport", "ingest"]
@@ -134,6 +135,7 @@ def ingest(
     chunk_rows: int = 1_000_000,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    storage_options: dict | None = None,
 ) -> IngestReport:
     """Read raw interactions and write a binary interaction store.
 
@@ -142,7 +144,7 @@ def ingest(
     source : str, os.PathLike, or list of them
         A file, a glob (``"data/combined_data_*.txt"``) or a list of files.
     out : str or os.PathLike
-        Interaction store directory to create.
+        Interaction store directory to create, or an fsspec URL (``s3://bucket/x.zarr``).
     fmt : {"auto", "csv", "parquet", "movielens-csv", "movielens-dat", "netflix", "msd"}, default="auto"
         ``"auto"`` decides from the file name, extension and first line; the
         report says what it chose. All files must have the same format.
@@ -166,6 +168,8 @@ def ingest(
         Replace an existing interaction store at ``out``.
     progress : callable of str, optional
         Called with progress lines (also logged at INFO on ``edlae_dask.ingest``).
+    storage_options : dict, optional
+        fsspec options when ``out`` is a URL (default: fsspec's defaults and environment).
 
     Returns
     -------
@@ -189,7 +193,7 @@ def ingest(
     start = time.perf_counter()
     _check_options(fmt, min_value, min_user_interactions, min_item_interactions, shard_size, chunk_rows)
     files = resolve_sources(source)
-    out = check_output_path(out, overwrite=overwrite)
+    out = check_output_path(out, overwrite=overwrite, storage_options=storage_options)
     plans = [plan_file(f, fmt, user_col=user_col, item_col=item_col, value_col=value_col) for f in files]
     fmt_used, fmt_reason = _common_format(plans, fmt)
     if min_value is not None:
@@ -201,7 +205,10 @@ def ingest(
                    min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
                    shard_size=shard_size, chunk_rows=chunk_rows)
     parent, name = os.path.split(out)
-    os.makedirs(parent, exist_ok=True)
+    if is_url(out):  # the spill files stay on local disk
+        parent = None
+    else:
+        os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}.ingest-", dir=parent) as tmp:
         spill, users, items = _Spill(tmp, BUCKET_USERS), _IdMap(), _IdMap()
         rows_read, below = _read_into_buckets(plans, chunk_rows, min_value, users, items, spill, say)
@@ -215,6 +222,7 @@ def ingest(
         store = write_interactions_from_shards(
             out, _reshard(_bucket_matrices(spill, sel), shard_size), n_items=sel.item_ids.shape[0],
             user_ids=sel.user_ids, item_ids=sel.item_ids, shard_size=shard_size, overwrite=overwrite, source=record,
+            storage_options=storage_options,
         )
     report = IngestReport(
         sources=files, fmt=fmt_used, fmt_reason=fmt_reason, out=store.path, rows_read=rows_read,

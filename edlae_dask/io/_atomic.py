@@ -4,6 +4,10 @@ A store is written in full under a temporary name next to its target and then
 renamed, so a reader sees the previous complete store or the new one. Replacing
 an existing store takes two renames (the old one aside, the new one in): a reader
 opening the path between them finds nothing, never a partial store.
+
+Local directories only: object storage has no rename, and stores under fsspec
+URLs are published by a marker written last and a pointer switched with one PUT
+(see :mod:`edlae_dask.io._fs` and each store's module).
 """
 
 from __future__ import annotations

@@ -12,10 +12,21 @@ Layout (a directory; each version a zarr v3 group)::
         attrs: format, format_version, k, lam, p, dtype, interactions fingerprint,
                created, code_version, timings, ..., complete (written last)
 
-A version is written in full under a temporary name, renamed into ``versions/``
-and only then named in ``LATEST``; so a reader sees the previous complete version
-or the new complete one, never a partial one. Old versions beyond ``keep`` are
-pruned after the publish.
+``FACTORS`` is a local directory or an fsspec URL (:mod:`edlae_dask.io._fs`). A
+version's ``complete`` attribute is written last, and ``LATEST`` is switched to it
+only after that, so a reader sees the previous complete version or the new complete
+one, never a partial one; a version without ``complete`` is never opened. Old
+versions beyond ``keep`` are pruned only after ``LATEST`` has moved.
+
+- Local directory: the version is written under ``versions/.tmp-<version>`` and
+  renamed into place before ``LATEST`` is replaced (``os.replace``, fsynced): a
+  killed publish leaves only a hidden temporary directory, and the rename makes
+  the switch durable.
+- URL (object storage has no rename): the version is written directly under
+  ``versions/<version>/`` (a fresh, unique name), its ``complete`` marker last,
+  then ``LATEST`` is rewritten with one PUT (atomic per object in S3 and GCS). A
+  killed publish leaves an incomplete version that no reader opens; it is pruned
+  once ``keep`` newer versions exist.
 """
 
 from __future__ import annotations
@@ -23,7 +34,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import secrets
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +44,7 @@ import zarr
 from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io._atomic import fsync_dir
+from edlae_dask.io._fs import Location, bad_pointer, location
 from edlae_dask.io._plain import check_plain_array, get_node
 
 FORMAT_NAME = "edlae-dask/factors"
@@ -42,14 +53,34 @@ _LATEST = "LATEST"
 _VERSIONS = "versions"
 
 
-def is_factor_store(path) -> bool:
-    p = Path(path)
-    return (p / _LATEST).is_file() or (p / _VERSIONS).is_dir()
+def is_factor_store(path, *, storage_options=None) -> bool:
+    """Whether ``path`` (a local path or URL) holds a factor store (published or not)."""
+    loc = location(path, storage_options)
+    if loc.is_local:
+        p = Path(loc.url)
+        return (p / _LATEST).is_file() or (p / _VERSIONS).is_dir()
+    return loc.join(_LATEST).read_bytes() is not None or _VERSIONS in loc.children()
 
 
 def _new_version_name() -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     return f"v{now}-{secrets.token_hex(3)}"
+
+
+def _read_latest(root: Location) -> str | None:
+    """The version ``LATEST`` names (None if there is no LATEST); a malformed one is a StoreFormatError."""
+    data = root.join(_LATEST).read_bytes()
+    if data is None:
+        return None
+    name = data.decode("utf-8", "replace").strip()
+    if not _is_version_name(name):
+        raise bad_pointer(f"{root.join(_LATEST)}", name, "factor")
+    return name
+
+
+def _is_version_name(name: str) -> bool:
+    # a version is one path segment: a pointer never leads outside versions/
+    return bool(name) and len(name) < 200 and name not in (".", "..") and not any(c in name for c in "/\\\n")
 
 
 def _check_plain_array(arr, where: str) -> None:
@@ -61,35 +92,53 @@ class FactorWriter:
 
     Use as a context manager: leaving the block with an exception removes the
     partial version, and nothing is published.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or Location
+        The factor store: a local directory or an fsspec URL.
+    overwrite : bool, default=False
+        Publish into a store that already has a published version.
+    keep : int, default=3
+        Versions kept after a publish (the newest ones).
+    storage_options : dict, optional
+        fsspec options for a URL. The version's zarr arrays carry them to the
+        workers that write U and V.
     """
 
-    def __init__(self, path, *, overwrite: bool = False, keep: int = 3):
-        self.root = Path(path)
-        if self.root.exists():
-            if is_factor_store(self.root):
+    def __init__(self, path, *, overwrite: bool = False, keep: int = 3, storage_options=None):
+        self.location = location(path, storage_options)
+        self.root = Path(self.location.url) if self.location.is_local else self.location
+        if self.location.exists():
+            if is_factor_store(self.location):
                 # without LATEST nothing was published (a killed first run): its rerun needs no --overwrite
-                if (self.root / _LATEST).is_file() and not overwrite:
+                if _read_latest(self.location) is not None and not overwrite:
                     raise OutputExistsError(
                         f"{self.root} already holds a factor store; pass --overwrite (overwrite=True) to publish "
                         "a new version into it (the previous versions stay readable until pruned), "
                         "or choose another --out"
                     )
-            elif self.root.is_file() or any(self.root.iterdir()):
+            elif not self.location.is_local or self.root.is_file() or any(self.root.iterdir()):
                 raise OutputExistsError(
                     f"{self.root} exists and is not an edlae-dask factor store; refusing to write into it. "
                     "Choose another --out or remove it yourself."
                 )
         self.keep = keep
         self.version = _new_version_name()
-        (self.root / _VERSIONS).mkdir(parents=True, exist_ok=True)
-        self.tmp = self.root / _VERSIONS / f".tmp-{self.version}"
-        self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        if self.location.is_local:
+            (self.root / _VERSIONS).mkdir(parents=True, exist_ok=True)
+            self.tmp = self.location.join(_VERSIONS, f".tmp-{self.version}")
+        else:  # no rename on object storage: write the version under its final, unique name
+            self.tmp = self.location.join(_VERSIONS, self.version)
+        self.group = self.tmp.open_group("w")
+        # the format first: a version whose publish died is then reported as incomplete, not as foreign
+        self.group.attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, version=self.version)
         self.committed = False
 
     @property
     def url(self) -> str:
-        """Where arrays of this version are written (a zarr group path)."""
-        return str(self.tmp)
+        """Where arrays of this version are written (a zarr group path or URL)."""
+        return self.tmp.url
 
     def write_array(self, name: str, x, *, chunks=None, compute: bool = True):
         """Write a numpy or dask array ``x`` as ``name``; dask arrays are written by the workers."""
@@ -119,25 +168,29 @@ class FactorWriter:
             code_version=__version__,
         )
         self.group.attrs.update(meta)
-        self.group.attrs["complete"] = True
-        final = self.root / _VERSIONS / self.version
-        os.rename(self.tmp, final)
-        fsync_dir(final.parent)
-        latest_tmp = self.root / f".{_LATEST}.{self.version}"
-        latest_tmp.write_text(self.version + "\n")
-        os.replace(latest_tmp, self.root / _LATEST)
-        fsync_dir(self.root)
+        self.group.attrs["complete"] = True  # the version's own marker, written after everything else
+        if self.location.is_local:
+            final = self.root / _VERSIONS / self.version
+            os.rename(self.tmp.url, final)
+            fsync_dir(final.parent)
+            latest_tmp = self.root / f".{_LATEST}.{self.version}"
+            latest_tmp.write_text(self.version + "\n")
+            os.replace(latest_tmp, self.root / _LATEST)
+            fsync_dir(self.root)
+        else:
+            self.location.join(_LATEST).write_bytes((self.version + "\n").encode())  # one PUT: the switch
         self.committed = True
         self._prune()
         return self.version
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.remove()
 
     def _prune(self) -> None:
-        versions = sorted(p.name for p in (self.root / _VERSIONS).iterdir() if p.name.startswith("v"))
+        # version names sort by creation time; only after LATEST moved, so the one it names is the newest
+        versions = list_versions(self.location)
         for old in versions[: max(0, len(versions) - self.keep)]:
-            shutil.rmtree(self.root / _VERSIONS / old, ignore_errors=True)
+            self.location.join(_VERSIONS, old).remove()
 
     def __enter__(self):
         return self
@@ -156,6 +209,9 @@ class Factors:
 
     Attributes
     ----------
+    path : str
+        The factor store: an absolute local path or a URL.
+    version : str
     U, V : dask.array.Array of shape (n_items, k)
         Lazily read from the store (``.compute()`` or :meth:`load` for numpy).
         Scores of a user row x are ``(x @ U) @ V.T`` (eq. 16–17).
@@ -172,6 +228,12 @@ class Factors:
     item_ids: np.ndarray = field(repr=False)
     eigenvalues: np.ndarray = field(repr=False)
     meta: dict = field(repr=False)
+    storage_options: dict | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def location(self) -> Location:
+        """Where the store is (URL and storage options): what a task needs to open it again."""
+        return Location(self.path, self.storage_options)
 
     @property
     def k(self) -> int:
@@ -186,15 +248,22 @@ class Factors:
         return np.asarray(self.U.compute(scheduler="threads")), np.asarray(self.V.compute(scheduler="threads"))
 
 
-def list_versions(path) -> list[str]:
-    root = Path(path) / _VERSIONS
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.name.startswith("v"))
+def list_versions(path, *, storage_options=None) -> list[str]:
+    """Names of the versions in the store (complete or not, oldest first); temporary ones left out."""
+    return [n for n in location(path, storage_options).join(_VERSIONS).children() if n.startswith("v")]
 
 
-def open_factors(path, version: str | None = None) -> Factors:
+def open_factors(path, version: str | None = None, *, storage_options=None) -> Factors:
     """Open the latest (or a given) complete version of the factor store at ``path``.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or Location
+        A local directory or an fsspec URL (``s3://bucket/factors``).
+    version : str, optional
+        Default: the one ``LATEST`` names.
+    storage_options : dict, optional
+        fsspec options for a URL (default: fsspec's defaults and environment).
 
     Raises
     ------
@@ -202,20 +271,23 @@ def open_factors(path, version: str | None = None) -> Factors:
         If there is no factor store, the version is incomplete, or its format
         name or version is not the one this code reads.
     """
-    root = Path(path)
-    if not root.exists():
+    loc = location(path, storage_options)
+    root = loc.url
+    if not loc.exists():
         raise StoreFormatError(f"no factor store at {root}: train one with `edlae-dask train --out {root}`")
     if version is None:
-        latest = root / _LATEST
-        if not latest.is_file():
+        version = _read_latest(loc)
+        if version is None:
             raise StoreFormatError(
                 f"{root} has no complete factor version (no {_LATEST} file): it is not a factor store, or no "
                 "training run has published into it yet"
             )
-        version = latest.read_text().strip()
-    vpath = root / _VERSIONS / version
+    elif not _is_version_name(str(version)):
+        raise StoreFormatError(f"{version!r} is not a factor version name (see `edlae-dask info {root}`)")
+    vloc = loc.join(_VERSIONS, version)
+    vpath = vloc.url
     try:
-        group = zarr.open_group(str(vpath), mode="r", zarr_format=3)
+        group = vloc.open_group("r")
     except Exception as exc:  # zarr raises several types for "not a group here"
         raise StoreFormatError(f"factor version {version!r} at {vpath} cannot be opened as a zarr v3 group: {exc}") from exc
     attrs = dict(group.attrs)
@@ -245,7 +317,8 @@ def open_factors(path, version: str | None = None) -> Factors:
             f"eigenvalues {arrays['eigenvalues'].shape}, k={k}"
         )
     return Factors(
-        path=str(root),
+        path=root,
+        storage_options=loc.storage_options,
         version=version,
         U=da.from_zarr(U),
         V=da.from_zarr(V),

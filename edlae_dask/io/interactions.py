@@ -1,7 +1,7 @@
 """The interaction store: a users × items CSR matrix, sharded by user range.
 
 This module is the only code that reads or writes this store. Layout (a zarr v3
-group in a local directory)::
+group in a local directory, or under an fsspec URL: :mod:`edlae_dask.io._fs`)::
 
     STORE/
       attrs: format, format_version, n_users, n_items, nnz, n_shards, shard_size,
@@ -14,9 +14,12 @@ group in a local directory)::
       user_ids, item_ids     int64 or fixed-width unicode '<U{maxlen}' (never object)
       item_counts            int64 (n_items,)  stored entries per item
 
-A store is published atomically: it is written under a temporary sibling name,
-marked complete last and renamed into place, so a reader finds a complete store
-or none.
+A store is marked complete last, and a store without that marker is never read.
+In a local directory it is written under a temporary sibling name and renamed into
+place, so a reader finds a complete store or none. Under a URL (object storage has
+no rename) it is written in place, its ``complete`` attribute last; replacing a
+store there first unmarks the old one (one PUT of the group's ``zarr.json``), so a
+reader meanwhile gets a clear "incomplete store" error, never a mix.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import scipy.sparse as sp
 import zarr
 
 from edlae_dask.io._atomic import replace_dir
+from edlae_dask.io._fs import Location, location
 from edlae_dask.io._plain import check_plain_array
 from edlae_dask._version import __version__
 from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError, StoreFormatError
@@ -154,7 +158,7 @@ class InteractionStore:
     Attributes
     ----------
     path : str
-        Absolute path of the store directory.
+        Absolute path of the store directory, or its URL.
     n_users, n_items, nnz : int
         Shape and number of stored entries of the matrix X of shape (n_users, n_items).
     shard_offsets : tuple of int, of length n_shards + 1
@@ -163,6 +167,8 @@ class InteractionStore:
         sha256 hex of the matrix and the ids (independent of the sharding).
     attrs : dict
         All group attributes, including ``source`` (how the store was made).
+    storage_options : dict or None
+        fsspec options of a URL store (never shown: it may hold secrets).
     """
 
     path: str
@@ -172,6 +178,12 @@ class InteractionStore:
     shard_offsets: tuple[int, ...]
     fingerprint: str
     attrs: dict = field(repr=False, compare=False, hash=False)
+    storage_options: dict | None = field(default=None, repr=False, compare=False, hash=False)
+
+    @property
+    def location(self) -> Location:
+        """The store's URL and storage options: pass this (not ``path``) to tasks that read shards."""
+        return Location(self.path, self.storage_options)
 
     @property
     def n_shards(self) -> int:
@@ -185,7 +197,7 @@ class InteractionStore:
 
     def read_shard(self, s: int) -> sp.csr_matrix:
         """Shard ``s`` as a float32 CSR of shape (users in shard, n_items); see :func:`read_shard`."""
-        return read_shard(self.path, s)
+        return read_shard(self.location, s)
 
     def user_ids(self) -> np.ndarray:
         """Original user ids, of shape (n_users,), int64 or unicode."""
@@ -205,7 +217,7 @@ class InteractionStore:
         return sp.vstack(shards, format="csr", dtype=np.float32)
 
     def _read_1d(self, name: str, length: int) -> np.ndarray:
-        arr = _get_array(_open_group(self.path), name, self.path)
+        arr = _get_array(_open_group(self.location), name, self.path)
         _check_no_object_dtype(arr, name, self.path)
         out = arr[:]
         if out.shape != (length,):
@@ -215,13 +227,15 @@ class InteractionStore:
         return out
 
 
-def open_interactions(path) -> InteractionStore:
+def open_interactions(path, *, storage_options=None) -> InteractionStore:
     """Open and validate an interaction store.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        Store directory.
+    path : str, os.PathLike or Location
+        Store directory, or an fsspec URL (``s3://bucket/interactions.zarr``).
+    storage_options : dict, optional
+        fsspec options for a URL (default: fsspec's defaults and environment).
 
     Returns
     -------
@@ -235,8 +249,9 @@ def open_interactions(path) -> InteractionStore:
         (shard offsets, id array lengths, object dtypes). The message names the
         path and what to do.
     """
-    path = os.path.abspath(os.fspath(path))
-    root = _open_group(path)
+    loc = location(path, storage_options)
+    path = loc.url
+    root = _open_group(loc)
     attrs = _check_attrs(dict(root.attrs), path)
     offsets = _check_offsets(root, attrs, path)
     lengths = {"user_ids": attrs["n_users"], "item_ids": attrs["n_items"], "item_counts": attrs["n_items"]}
@@ -256,16 +271,20 @@ def open_interactions(path) -> InteractionStore:
         shard_offsets=tuple(int(o) for o in offsets),
         fingerprint=attrs["fingerprint"],
         attrs=attrs,
+        storage_options=loc.storage_options,
     )
 
 
-def read_shard(path, s: int) -> sp.csr_matrix:
+def read_shard(path, s: int, *, storage_options=None) -> sp.csr_matrix:
     """Read one user shard; pure and picklable, meant to run inside a Dask task.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        Store directory.
+    path : str, os.PathLike or Location
+        Store directory or URL; a task gets :attr:`InteractionStore.location`, so
+        the worker opens the store itself with the storage options.
+    storage_options : dict, optional
+        fsspec options for a URL given as a string.
     s : int
         Shard number, ``0 <= s < n_shards``.
 
@@ -281,8 +300,9 @@ def read_shard(path, s: int) -> sp.csr_matrix:
     StoreFormatError
         The store or the shard is missing, incomplete or malformed.
     """
-    path = os.path.abspath(os.fspath(path))
-    root = _open_group(path)
+    loc = location(path, storage_options)
+    path = loc.url
+    root = _open_group(loc)
     attrs = _check_attrs(dict(root.attrs), path)
     offsets = _get_array(root, "shard_offsets", path)[:]
     n_shards = offsets.shape[0] - 1
@@ -311,15 +331,19 @@ def read_shard(path, s: int) -> sp.csr_matrix:
     return sp.csr_matrix((values, indices, indptr), shape=(n_rows, attrs["n_items"]))
 
 
-def _open_group(path: str):
-    if not os.path.exists(path):
-        raise StoreFormatError(
-            f"no interaction store at {path}: the path does not exist. Create one with "
-            "`edlae-dask ingest SOURCE --out PATH` (edlae_dask.ingest.ingest)"
-        )
+def _open_group(loc: Location):
+    path = loc.url
+    missing = StoreFormatError(
+        f"no interaction store at {path}: the path does not exist. Create one with "
+        "`edlae-dask ingest SOURCE --out PATH` (edlae_dask.ingest.ingest)"
+    )
+    if loc.is_local and not os.path.exists(path):
+        raise missing
     try:
-        return zarr.open_group(path, mode="r", zarr_format=3)
+        return loc.open_group("r")
     except Exception as exc:  # zarr raises several types (GroupNotFoundError, ContainsArrayError, JSON errors)
+        if not loc.is_local and not loc.exists():
+            raise missing from exc
         raise StoreFormatError(
             f"{path} is not a zarr v3 group, so not an interaction store ({type(exc).__name__}: {exc}). "
             "Pass the directory written by `edlae-dask ingest`, or re-ingest the data"
@@ -408,8 +432,11 @@ def _check_no_object_dtype(arr, name: str, path: str) -> None:
 # ------------------------------------------------------------------------ writing
 
 
-def check_output_path(path, *, overwrite: bool) -> str:
-    """Fail early if ``path`` may not be written; return its absolute form.
+def check_output_path(path, *, overwrite: bool, storage_options=None) -> str:
+    """Fail early if ``path`` may not be written; return its absolute form (or its URL).
+
+    An incomplete interaction store under a URL (what a killed writer leaves there)
+    is replaced without ``overwrite``: nothing was published in it.
 
     Raises
     ------
@@ -417,24 +444,37 @@ def check_output_path(path, *, overwrite: bool) -> str:
         ``path`` exists and ``overwrite`` is False, or it exists and is neither an
         interaction store nor an empty directory (never replaced, even with overwrite).
     """
-    path = os.path.abspath(os.fspath(path))
-    if os.path.lexists(path):
+    loc = location(path, storage_options)
+    path = loc.url
+    if loc.is_local:
+        exists = os.path.lexists(path)
+    else:
+        exists = loc.exists()
+        attrs = _attrs_or_none(loc) if exists else None
+        if attrs is not None and attrs.get("format") == FORMAT_NAME and attrs.get("complete") is not True:
+            return path
+    if exists:
         if not overwrite:
             raise OutputExistsError(
                 f"{path} already exists; pass overwrite=True / --overwrite to replace it, or choose another path"
             )
-        _check_replaceable(path)
+        _check_replaceable(loc)
     return path
 
 
-def _check_replaceable(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        if not os.listdir(path):
+def _attrs_or_none(loc: Location) -> dict | None:
+    try:
+        return dict(loc.open_group("r").attrs)
+    except Exception:  # not a zarr group at all
+        return None
+
+
+def _check_replaceable(loc: Location) -> None:
+    path = loc.url
+    if not loc.is_local or (os.path.isdir(path) and not os.path.islink(path)):
+        if not loc.children():
             return
-        try:
-            found = dict(zarr.open_group(path, mode="r", zarr_format=3).attrs).get("format")
-        except Exception:  # not a zarr group at all
-            found = None
+        found = (_attrs_or_none(loc) or {}).get("format")
         if found == FORMAT_NAME:
             return
     raise OutputExistsError(
@@ -452,13 +492,14 @@ def write_interactions(
     shard_size: int = 100_000,
     overwrite: bool = False,
     source: dict | None = None,
+    storage_options=None,
 ) -> InteractionStore:
     """Write a CSR matrix as an interaction store (atomically).
 
     Parameters
     ----------
     path : str or os.PathLike
-        Store directory to create.
+        Store directory to create, or an fsspec URL.
     X : scipy.sparse.csr_matrix or csr_array of shape (n_users, n_items)
         Finite values. Duplicate entries are summed and explicit zeros dropped
         (scipy's canonical form), shard by shard.
@@ -472,6 +513,8 @@ def write_interactions(
         Replace an existing interaction store (or empty directory) at ``path``.
     source : dict, optional
         JSON-serialisable provenance stored in the ``source`` attribute.
+    storage_options : dict, optional
+        fsspec options for a URL.
 
     Returns
     -------
@@ -499,7 +542,7 @@ def write_interactions(
     shards = (X[a : min(a + shard_size, n_users)] for a in range(0, n_users, shard_size))
     return write_interactions_from_shards(
         path, shards, n_items=n_items, user_ids=user_ids, item_ids=item_ids,
-        shard_size=shard_size, overwrite=overwrite, source=source,
+        shard_size=shard_size, overwrite=overwrite, source=source, storage_options=storage_options,
     )
 
 
@@ -513,13 +556,14 @@ def write_interactions_from_shards(
     shard_size: int,
     overwrite: bool = False,
     source: dict | None = None,
+    storage_options=None,
 ) -> InteractionStore:
     """Stream shards into a new interaction store (atomically); never holds the whole matrix.
 
     Parameters
     ----------
     path : str or os.PathLike
-        Store directory to create.
+        Store directory to create, or an fsspec URL.
     shards : iterable of scipy.sparse.csr_matrix, each of shape (shard_size, n_items)
         Consecutive user ranges; only the last may have fewer (but > 0) rows.
         Consumed once, one at a time.
@@ -535,6 +579,8 @@ def write_interactions_from_shards(
         Replace an existing interaction store (or empty directory) at ``path``.
     source : dict, optional
         JSON-serialisable provenance stored in the ``source`` attribute.
+    storage_options : dict, optional
+        fsspec options for a URL.
 
     Returns
     -------
@@ -545,9 +591,10 @@ def write_interactions_from_shards(
     Written to ``{parent}/.{name}.tmp-{uuid}``, marked complete last, then moved
     into place with ``os.rename``; on any exception (including one raised by the
     ``shards`` iterator) the temporary directory is removed and nothing is
-    published. Memory: one shard plus the id arrays.
+    published. Under a URL the store is written in place, marked complete last
+    (see the module docstring). Memory: one shard plus the id arrays.
     """
-    target = check_output_path(path, overwrite=overwrite)
+    target = check_output_path(path, overwrite=overwrite, storage_options=storage_options)
     shard_size = _check_shard_size(shard_size)
     if not isinstance(n_items, (int, np.integer)) or n_items < 1:
         raise InputDataError(f"n_items must be a positive integer; got {n_items!r}")
@@ -555,16 +602,35 @@ def write_interactions_from_shards(
     user_ids = normalize_ids(user_ids, what="user_ids")
     if user_ids.shape[0] == 0:
         raise InputDataError("the matrix has no users; nothing to store")
+    loc = location(target, storage_options)
+    if not loc.is_local:
+        _unpublish(loc)
+        try:
+            _write_store(loc, iter(shards), int(n_items), user_ids, item_ids, shard_size, source or {})
+        except BaseException:
+            loc.remove()
+            raise
+        return open_interactions(loc)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
-        _write_store(tmp, iter(shards), int(n_items), user_ids, item_ids, shard_size, source or {})
+        _write_store(Location(tmp), iter(shards), int(n_items), user_ids, item_ids, shard_size, source or {})
         _move_into_place(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_interactions(target)
+
+
+def _unpublish(loc: Location) -> None:
+    """Make an existing store at a URL unreadable (one PUT: its marker goes), then delete it."""
+    if not loc.exists():
+        return
+    attrs = _attrs_or_none(loc)
+    if attrs is not None and attrs.get("complete") is True:
+        loc.open_group("r+").attrs["complete"] = False
+    loc.remove()
 
 
 def _check_shard_size(shard_size) -> int:
@@ -600,8 +666,10 @@ class _Fingerprint:
         return h.hexdigest()
 
 
-def _write_store(tmp, shards: Iterator, n_items, user_ids, item_ids, shard_size, source) -> None:
-    root = zarr.open_group(tmp, mode="w-", zarr_format=3)
+def _write_store(tmp: Location, shards: Iterator, n_items, user_ids, item_ids, shard_size, source) -> None:
+    root = tmp.open_group("w-")
+    # the format first, so that an interrupted store is recognised as ours (and replaced by the rerun)
+    root.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
     n_users = user_ids.shape[0]
     fingerprint = _Fingerprint()
     shard_fingerprints = []

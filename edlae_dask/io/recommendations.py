@@ -1,7 +1,7 @@
 """The recommendations store: the top-N items and scores of every user, written shard by shard.
 
-This module is the only code that reads or writes this store. Layout (a zarr v3
-group in a local directory)::
+This module is the only code that reads or writes this store. Layout in a local
+directory (a zarr v3 group; for an fsspec URL see "Under a URL" below)::
 
     RECS/
       attrs: format, format_version, top_n, n_users, n_items, n_shards, chunk_rows,
@@ -50,18 +50,48 @@ lock of a killed run, so no stale lock is left behind. (A lock rather than
 per-shard claims: it also serializes the choice and clean-up of staging stores
 and the publish, and needs no recovery of abandoned claims. It relies on
 ``flock`` working on the filesystem: local disks and NFS do.)
+
+Under a URL (``s3://bucket/recs``: object storage, no rename and no ``flock``)
+the same store is one version of a versioned layout::
+
+    RECS/
+      LATEST                   the name of the published version (one small object)
+      versions/<token[:16]>/   zarr v3 group: attrs, user_ids, item_ids as above, and
+        runs/<run>/items       the rows written by scoring run <run> (int32, -1 unscored)
+        runs/<run>/scores      (float32, NaN unscored); chunked like the local arrays
+        done/00000             shard 0's marker; its attributes name the run whose rows it completes
+
+A version is named by its scoring token, so every run with the same inputs works
+on the same version (and resumes a killed one). Publishing is one PUT of
+``LATEST`` once every shard of the version is done; readers read ``LATEST``, open
+that version and read each shard's rows from the run its marker names. After
+``LATEST`` moved, versions other than the new one and the one it replaced are
+pruned if they were made before the new one (a run still writing one made later
+is left alone), so a reader that read the old ``LATEST`` can finish. A rerun with
+nothing new reads ``LATEST``, finds every marker, and writes nothing.
+
+Two runs at once under a URL take no lock; instead nothing they write can mix.
+Each run writes its rows under its own run id (``runs/<run>/``), and only then the
+shard's marker, in one PUT: a marker names rows that are complete and all from one
+run. If both runs score a shard, the marker written last wins, and both are right,
+because rows are a pure function of the scoring token (same factor version, same
+interactions, same ``top_n``). Both switch ``LATEST`` to the same version. The
+price is that a shard may be scored twice. (Chosen over a lease object: a lease
+needs a conditional PUT, which not every fsspec backend offers, and a policy for a
+holder that died; this needs neither.) Two runs with *different* inputs at once:
+the later publish wins, as with the lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import logging
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -75,6 +105,7 @@ import zarr
 from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io._atomic import replace_dir
+from edlae_dask.io._fs import Location, bad_pointer, location
 from edlae_dask.io._plain import check_plain_array, get_node
 
 __all__ = [
@@ -91,6 +122,7 @@ __all__ = [
     "publish",
     "scoring_token",
     "shard_tokens",
+    "start_run",
     "write_shard",
 ]
 
@@ -98,6 +130,12 @@ FORMAT_NAME = "edlae-dask/recommendations"
 FORMAT_VERSION = 1
 _DONE = "done"
 _STAGING = ".scoring-"
+# under a URL
+_LATEST = "LATEST"
+_VERSIONS = "versions"
+_RUNS = "runs"
+_VERSION_NAME = re.compile(r"^[0-9a-f]{16}$")
+_RUN_NAME = re.compile(r"^[0-9a-f]{8,32}$")
 _REQUIRED_ATTRS = ("top_n", "n_users", "n_items", "n_shards", "chunk_rows", "shard_offsets", "factor_version",
                    "interactions_fingerprint", "scoring_token")
 _ID_CHUNK = 1 << 18
@@ -153,8 +191,15 @@ def output_lock(target):
 
     The lock file is removed on release. A waiter that then holds a lock on the
     removed file sees that the path no longer names it, and locks the path again.
+    A URL takes no lock (none is needed: see the module docstring).
     """
-    target = os.path.abspath(os.fspath(target))
+    loc = location(target)
+    if not loc.is_local:
+        yield
+        return
+    import fcntl  # POSIX only, and only for local stores
+
+    target = loc.url
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     path = os.path.join(parent, f".{name}.lock")
@@ -199,12 +244,23 @@ def staging_path(target: str, token: str) -> str:
     return os.path.join(parent, f".{name}{_STAGING}{token[:16]}")
 
 
-def _read_attrs(path: str) -> dict | None:
-    """Group attributes of a zarr v3 group at ``path``, or None if it is not one."""
+def _read_attrs(path) -> dict | None:
+    """Group attributes of a zarr v3 group at ``path`` (a path or Location), or None if it is not one."""
     try:
-        return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+        return dict(location(path).open_group("r").attrs)
     except Exception:  # zarr raises several types for "no group here"
         return None
+
+
+def _latest_version(root: Location) -> Location | None:
+    """The version ``LATEST`` names under a URL root (None if there is none)."""
+    data = root.join(_LATEST).read_bytes()
+    if data is None:
+        return None
+    name = data.decode("utf-8", "replace").strip()
+    if not _VERSION_NAME.match(name):
+        raise bad_pointer(str(root.join(_LATEST)), name, "recommendations")
+    return root.join(_VERSIONS, name)
 
 
 def _check_ours(path: str, attrs: dict | None, *, what: str) -> dict:
@@ -231,13 +287,13 @@ def _check_ours(path: str, attrs: dict | None, *, what: str) -> dict:
 # --------------------------------------------------------------------------- writing
 
 
-def prepare_output(out, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[str, bool]:
-    """Decide where a scoring run writes and make sure that store exists; return ``(work_path, in_place)``.
+def prepare_output(out, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[Location, bool]:
+    """Decide where a scoring run writes and make sure that store exists; return ``(work, in_place)``.
 
     Parameters
     ----------
-    out : str or os.PathLike
-        The recommendations store to produce.
+    out : str, os.PathLike or Location
+        The recommendations store to produce (a local directory or a URL).
     meta : dict
         Its attributes (see the module docstring); ``meta["scoring_token"]`` decides.
     user_ids, item_ids : numpy.ndarray
@@ -245,10 +301,11 @@ def prepare_output(out, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarra
 
     Returns
     -------
-    work_path : str
+    work : Location
         ``out`` itself when it already holds a store of the same token (a rerun:
         finished shards are skipped, missing ones written in place), else the hidden
-        staging sibling for this token (created, or found and resumed).
+        staging sibling for this token (created, or found and resumed). Under a
+        URL: the published version if it has this token, else ``versions/<token>``.
     in_place : bool
 
     Raises
@@ -258,21 +315,52 @@ def prepare_output(out, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarra
     StoreFormatError
         ``out`` is a recommendations store of another ``format_version``.
     """
-    target = os.path.abspath(os.fspath(out))
-    existing = _classify_output(target)
+    loc = location(out)
     token = meta["scoring_token"]
+    if not loc.is_local:
+        return _prepare_version(loc, meta=meta, user_ids=user_ids, item_ids=item_ids)
+    target = loc.url
+    existing = _classify_output(target)
     if existing is not None and existing.get("scoring_token") == token:
-        return target, True
+        return loc, True
     work = staging_path(target, token)
     _remove_stale_staging(target, keep=work)
     if os.path.lexists(work):
         attrs = _read_attrs(work)
         if attrs is not None and attrs.get("format") == FORMAT_NAME and attrs.get("scoring_token") == token:
-            return work, False
+            return Location(work), False
         shutil.rmtree(work, ignore_errors=True)  # a half-created staging store: start it again
     os.makedirs(os.path.dirname(target), exist_ok=True)
     create_store(work, meta=meta, user_ids=user_ids, item_ids=item_ids)
+    return Location(work), False
+
+
+def _prepare_version(root: Location, *, meta: dict, user_ids, item_ids) -> tuple[Location, bool]:
+    """:func:`prepare_output` under a URL: the version of this token (no lock; see the module docstring)."""
+    token = meta["scoring_token"]
+    latest = _classify_url_output(root)
+    if latest is not None and (_read_attrs(latest) or {}).get("scoring_token") == token:
+        return latest, True
+    work = root.join(_VERSIONS, token[:16])
+    attrs = _read_attrs(work)
+    if attrs is not None and attrs.get("format") == FORMAT_NAME and attrs.get("scoring_token") == token:
+        return work, False  # resume it (or join a run working on it now)
+    create_store(work, meta=meta, user_ids=user_ids, item_ids=item_ids)
     return work, False
+
+
+def _classify_url_output(root: Location) -> Location | None:
+    """The published version under a URL root, None if nothing is published; raise if ``root`` is not ours."""
+    latest = _latest_version(root)
+    if latest is not None:
+        _check_ours(latest.url, _read_attrs(latest), what="published version")
+        return latest
+    if set(root.children()) - {_VERSIONS, _LATEST}:  # LATEST: another run may have just published
+        raise OutputExistsError(
+            f"refusing to write recommendations to {root}: it holds objects but no {_LATEST} pointer, so it is not "
+            "an edlae-dask recommendations store. Choose another --out, or remove them yourself"
+        )
+    return None
 
 
 def _classify_output(target: str) -> dict | None:
@@ -304,49 +392,97 @@ def _remove_stale_staging(target: str, *, keep: str) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def create_store(path: str, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
-    """Create an empty recommendations store (all rows unscored) with attributes ``meta``."""
+def create_store(path, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+    """Create an empty recommendations store (all rows unscored) with attributes ``meta``.
+
+    Under a URL the rows arrays are made per run (:func:`start_run`), and two runs
+    may create one version at once: every node is written whole, without asking
+    zarr whether it exists first (that check and the creation would race), the ids
+    first and the group's attributes last, so a version that has them has its ids.
+    """
+    loc = location(path)
     n_users, top_n, chunk_rows = int(meta["n_users"]), int(meta["top_n"]), int(meta["chunk_rows"])
-    root = zarr.open_group(path, mode="w-", zarr_format=3)
-    row_chunk = (min(chunk_rows, max(1, n_users)), top_n)
-    root.create_array("items", shape=(n_users, top_n), dtype="<i4", chunks=row_chunk, fill_value=-1)
-    root.create_array("scores", shape=(n_users, top_n), dtype="<f4", chunks=row_chunk, fill_value=np.nan)
-    _write_ids(root, "user_ids", user_ids, min(chunk_rows, _ID_CHUNK))
-    _write_ids(root, "item_ids", item_ids, _ID_CHUNK)
-    root.create_group(_DONE)
     attrs = dict(meta)
     attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION,
                  created=_dt.datetime.now(_dt.timezone.utc).isoformat(), code_version=__version__)
+    if not loc.is_local:
+        _write_ids(loc, "user_ids", user_ids, min(chunk_rows, _ID_CHUNK))
+        _write_ids(loc, "item_ids", item_ids, _ID_CHUNK)
+        group = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+        loc.join("zarr.json").write_bytes(json.dumps(group).encode())
+        return
+    root = loc.open_group("w-")
+    _create_rows(loc, "", n_users, top_n, chunk_rows)
+    _write_ids(loc, "user_ids", user_ids, min(chunk_rows, _ID_CHUNK))
+    _write_ids(loc, "item_ids", item_ids, _ID_CHUNK)
+    root.create_group(_DONE)
     root.attrs.update(attrs)
 
 
-def _write_ids(root, name: str, ids: np.ndarray, chunk: int) -> None:
+def _create_rows(loc: Location, prefix: str, n_users: int, top_n: int, chunk_rows: int) -> None:
+    row_chunk = (min(chunk_rows, max(1, n_users)), top_n)
+    loc.join(f"{prefix}items").create_array(shape=(n_users, top_n), dtype="<i4", chunks=row_chunk, fill_value=-1)
+    loc.join(f"{prefix}scores").create_array(shape=(n_users, top_n), dtype="<f4", chunks=row_chunk,
+                                            fill_value=np.nan)
+
+
+def start_run(work) -> dict:
+    """Prepare ``work`` for a run's rows; return what that run's markers must carry.
+
+    A local store has one ``items``/``scores`` pair (its writers hold the lock):
+    nothing to do. Under a URL a run gets its own arrays ``runs/<run>/`` and its
+    markers name the run (see the module docstring).
+    """
+    loc = location(work)
+    if loc.is_local:
+        return {}
+    run = uuid.uuid4().hex[:16]
+    meta = dict(loc.open_group("r").attrs)
+    _create_rows(loc, f"{_RUNS}/{run}/", int(meta["n_users"]), int(meta["top_n"]), int(meta["chunk_rows"]))
+    return {"run": run}
+
+
+def _write_ids(loc: Location, name: str, ids: np.ndarray, chunk: int) -> None:
     if ids.dtype == object or ids.dtype.kind not in "iuU":
         raise StoreFormatError(f"{name} has dtype {ids.dtype}; only int64 or fixed-width unicode ids are stored")
     n = ids.shape[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", _UnstableSpecWarning)
-        arr = root.create_array(name, shape=(n,), dtype=ids.dtype, chunks=(max(1, min(chunk, n)),))
+        arr = loc.join(name).create_array(shape=(n,), dtype=ids.dtype, chunks=(max(1, min(chunk, n)),))
     if n:
         arr[:] = ids
 
 
-def write_shard(path: str, shard: int, start: int, items: np.ndarray, scores: np.ndarray, marker: dict) -> None:
+def _rows_prefix(marker: dict) -> str:
+    """Where the rows a marker completes are: the store's own arrays, or its run's (under a URL)."""
+    run = marker.get("run")
+    return "" if run is None else f"{_RUNS}/{run}/"
+
+
+def write_shard(path, shard: int, start: int, items: np.ndarray, scores: np.ndarray, marker: dict) -> None:
     """Write one shard's rows ``start:start + len(items)``, then its completion marker.
 
-    Pure and picklable: runs inside a Dask task. The rows cover whole zarr chunks
-    of this shard only (see :func:`chunk_rows_for`), so concurrent shards never
-    write one chunk. The marker (a zarr group's ``zarr.json``, attributes only) is
-    written to a temporary file and moved into place with ``os.replace``: it
-    exists whole or not at all, and only after the rows.
+    Pure and picklable: runs inside a Dask task (``path`` a Location, so the worker
+    opens a URL store itself). The rows cover whole zarr chunks of this shard only
+    (see :func:`chunk_rows_for`), so concurrent shards never write one chunk. The
+    marker (a zarr group's ``zarr.json``, attributes only) exists whole or not at
+    all, and only after the rows: locally it is written to a temporary file and
+    moved into place with ``os.replace``; under a URL it is one PUT, and the rows
+    are those of the marker's run (``marker["run"]``).
     """
-    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    loc = location(path)
+    root = loc.open_group("r+")
     stop = start + items.shape[0]
-    root["items"][start:stop] = items.astype("<i4", copy=False)
-    root["scores"][start:stop] = scores.astype("<f4", copy=False)
+    prefix = _rows_prefix(marker)
+    root[f"{prefix}items"][start:stop] = items.astype("<i4", copy=False)
+    root[f"{prefix}scores"][start:stop] = scores.astype("<f4", copy=False)
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(marker, shard=int(shard), rows=[start, stop])}
+    if not loc.is_local:
+        loc.join(_DONE, f"{shard:05d}", "zarr.json").write_bytes(json.dumps(doc).encode())
+        return
+    path = loc.url
     folder = os.path.join(path, _DONE, f"{shard:05d}")
     os.makedirs(folder, exist_ok=True)
-    doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(marker, shard=int(shard), rows=[start, stop])}
     tmp = os.path.join(folder, f".zarr.json.tmp-{uuid.uuid4().hex}")
     with open(tmp, "w") as fh:
         json.dump(doc, fh)
@@ -355,70 +491,129 @@ def write_shard(path: str, shard: int, start: int, items: np.ndarray, scores: np
     os.replace(tmp, os.path.join(folder, "zarr.json"))
 
 
-def carry_over(previous: str, work: str, *, shards, marker: dict) -> list[int]:
+def carry_over(previous, work, *, shards, marker: dict) -> list[int]:
     """Copy into ``work`` the rows of each of ``shards`` whose shard token is the same in ``previous``; return them.
 
     ``previous`` is the published store being replaced (absent, foreign or
-    without shard tokens: nothing is carried). A shard is taken only if it is done
-    in ``previous`` and its token there equals its token in ``work`` (same factor
+    without shard tokens: nothing is carried; under a URL, the root whose
+    ``LATEST`` version is read). A shard is taken only if it is done in
+    ``previous`` and its token there equals its token in ``work`` (same factor
     version, top_n, rows, users and interactions). Its rows are copied, then its
     marker (``marker`` plus shard and rows) is written, as if it was scored.
     """
-    attrs = _read_attrs(previous) if os.path.isdir(previous) else None
+    prev = location(previous)
+    if not prev.is_local:
+        prev = _latest_version(prev)
+    elif not os.path.isdir(prev.url):
+        prev = None
+    attrs = _read_attrs(prev) if prev is not None else None
     if attrs is None or attrs.get("format") != FORMAT_NAME or attrs.get("format_version") != FORMAT_VERSION:
         return []
-    meta = dict(zarr.open_group(work, mode="r", zarr_format=3).attrs)
+    meta = dict(location(work).open_group("r").attrs)
     old_tokens, new_tokens = attrs.get("shard_tokens"), meta.get("shard_tokens")
     if not (isinstance(old_tokens, list) and len(old_tokens) == attrs.get("n_shards") and isinstance(new_tokens, list)):
         return []  # stores written before shard tokens existed: nothing is known to be unchanged
-    reusable = {old_tokens[s]: s for s in done_shards(previous, attrs)}
+    old_markers = _done_markers(prev, attrs)
+    reusable = {old_tokens[s]: s for s in old_markers}
     offsets, old_offsets = meta["shard_offsets"], attrs["shard_offsets"]
-    src = zarr.open_group(previous, mode="r", zarr_format=3)
-    for name, kinds in (("items", "i"), ("scores", "f")):
-        check_plain_array(get_node(src, name, f"{previous}/{name}"), f"{previous}/{name}", kinds,
-                          "recommendations store")
+    src = prev.open_group("r")
+    runs = {}  # rows prefix -> its checked arrays
     carried = []
     for s in shards:
         old = reusable.get(new_tokens[s])
         if old is None:
             continue
         a, b = old_offsets[old], old_offsets[old + 1]
-        items, scores = src["items"][a:b], src["scores"][a:b]
+        prefix = _rows_prefix(old_markers[old])
+        if prefix not in runs:
+            runs[prefix] = _rows_arrays(src, prev.url, prefix, (int(attrs["n_users"]), int(attrs["top_n"])))
+        items, scores = runs[prefix]["items"][a:b], runs[prefix]["scores"][a:b]
         write_shard(work, s, offsets[s], items, scores, dict(marker, carried_over=True))
         carried.append(s)
     return carried
 
 
-def done_shards(path: str, meta: dict | None = None) -> list[int]:
-    """Shards of the store at ``path`` whose markers exist and match its attributes, ascending."""
-    meta = meta if meta is not None else dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+def _rows_arrays(root, path: str, prefix: str, shape: tuple[int, int]) -> dict:
+    """The ``items`` and ``scores`` arrays under ``prefix``, checked to be plain data of ``shape``."""
+    out = {}
+    for name, kinds in (("items", "i"), ("scores", "f")):
+        where = f"{path}/{prefix}{name}"
+        arr = get_node(root, f"{prefix}{name}", where)
+        if arr is None:
+            raise StoreFormatError(f"{path}: array {prefix}{name!r} is missing; the store is damaged, score again")
+        if not isinstance(arr, zarr.Array):
+            raise StoreFormatError(f"{where} is a group, expected an array; the store is damaged, score again")
+        check_plain_array(arr, where, kinds, "recommendations store")
+        if arr.shape != shape:
+            raise StoreFormatError(f"{where} has shape {arr.shape}, expected {shape}; the store is damaged, score again")
+        out[name] = arr
+    return out
+
+
+def _done_markers(path, meta: dict) -> dict[int, dict]:
+    """The markers of the store at ``path`` that exist and match its attributes: shard -> marker attributes."""
+    loc = location(path)
     offsets = meta["shard_offsets"]
-    done = []
-    for s in range(int(meta["n_shards"])):
+    marker_locs = [loc.join(_DONE, f"{s:05d}", "zarr.json") for s in range(int(meta["n_shards"]))]
+    found = loc.read_many(marker_locs)  # one request for all of them under a URL
+    done = {}
+    for s, mloc in enumerate(marker_locs):
         try:
-            with open(os.path.join(path, _DONE, f"{s:05d}", "zarr.json")) as fh:
-                attrs = json.load(fh).get("attributes", {})
-        except (OSError, ValueError):
+            attrs = json.loads(found[str(mloc)]).get("attributes", {})
+        except (KeyError, ValueError, AttributeError):
             continue
+        run = attrs.get("run")
         if (
-            attrs.get("scoring_token") == meta["scoring_token"]
+            isinstance(attrs, dict)
+            and attrs.get("scoring_token") == meta["scoring_token"]
             and attrs.get("factor_version") == meta["factor_version"]
             and attrs.get("interactions_fingerprint") == meta["interactions_fingerprint"]
             and attrs.get("rows") == [offsets[s], offsets[s + 1]]
+            # a run's rows exist only under a URL; the name never leads outside runs/
+            and (run is None if loc.is_local else isinstance(run, str) and bool(_RUN_NAME.match(run)))
         ):
-            done.append(s)
+            done[s] = attrs
     return done
 
 
-def publish(work: str, out) -> None:
-    """Move the complete store ``work`` to ``out``, replacing a previous recommendations store there.
+def done_shards(path, meta: dict | None = None) -> list[int]:
+    """Shards of the store at ``path`` whose markers exist and match its attributes, ascending."""
+    loc = location(path)
+    meta = meta if meta is not None else dict(loc.open_group("r").attrs)
+    return sorted(_done_markers(loc, meta))
 
-    Two renames: ``out`` is moved aside, ``work`` moved into place, the old one
-    removed. A reader opening ``out`` between the two renames finds nothing (an
-    error, never a mix of versions).
+
+def publish(work, out) -> None:
+    """Make the complete store ``work`` the recommendations at ``out``, replacing the previous ones there.
+
+    Locally, two renames: ``out`` is moved aside, ``work`` moved into place, the
+    old one removed. A reader opening ``out`` between the two renames finds
+    nothing (an error, never a mix of versions). Under a URL, one PUT of
+    ``LATEST`` naming the version ``work``, then the pruning of older versions.
     """
-    # re-check just before replacing: something else may have appeared meanwhile
-    replace_dir(work, out, check_replaceable=_classify_output)
+    work, root = location(work), location(out)
+    if work.is_local:
+        # re-check just before replacing: something else may have appeared meanwhile
+        replace_dir(work.url, root.url, check_replaceable=_classify_output)
+        return
+    previous = _classify_url_output(root)
+    root.join(_LATEST).write_bytes((work.name + "\n").encode())  # one PUT: the switch
+    _prune_versions(root, keep={work.name, previous.name if previous is not None else None},
+                    before=(_read_attrs(work) or {}).get("created", ""))
+
+
+def _prune_versions(root: Location, *, keep: set, before: str) -> None:
+    """Delete the versions under ``root`` not in ``keep`` that were created before ``before`` (ISO time)."""
+    for name in root.join(_VERSIONS).children():
+        if name in keep:
+            continue
+        version = root.join(_VERSIONS, name)
+        attrs = _read_attrs(version)
+        created = (attrs or {}).get("created")
+        # a version a concurrent run created after ours is left alone (and one without
+        # attributes, which may be being created right now)
+        if attrs is not None and attrs.get("format") == FORMAT_NAME and isinstance(created, str) and created < before:
+            version.remove()
 
 
 
@@ -433,6 +628,7 @@ class Recommendations:
     Attributes
     ----------
     path : str
+        The store opened (an absolute local path or a URL).
     user_ids : numpy.ndarray of shape (n_users,)
         Row r holds the recommendations of user ``user_ids[r]``.
     items : dask.array.Array of shape (n_users, top_n), int32
@@ -448,6 +644,8 @@ class Recommendations:
     complete : bool
         Every shard is done.
     done_shards : tuple of int
+    version : str or None
+        Under a URL: the version read (the one ``LATEST`` names); None locally.
 
     Examples
     --------
@@ -463,6 +661,7 @@ class Recommendations:
     meta: dict = field(repr=False)
     complete: bool
     done_shards: tuple[int, ...] = field(repr=False)
+    version: str | None = None
 
     @property
     def top_n(self) -> int:
@@ -480,17 +679,20 @@ class Recommendations:
 _ARRAY_KINDS = {"items": "i", "scores": "f", "user_ids": "iU", "item_ids": "iU"}
 
 
-def open_recommendations(path, *, allow_incomplete: bool = False) -> Recommendations:
+def open_recommendations(path, *, allow_incomplete: bool = False, storage_options=None) -> Recommendations:
     """Open and validate a recommendations store.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        The ``--out`` of ``edlae-dask score`` (or, with ``allow_incomplete``, a
-        staging store of an unfinished run).
+    path : str, os.PathLike or Location
+        The ``--out`` of ``edlae-dask score``, a local directory or a URL (or, with
+        ``allow_incomplete``, a staging store of an unfinished run: the ``path`` of
+        its :class:`~edlae_dask.scoring.ScoreReport`).
     allow_incomplete : bool, default=False
         Open a store whose shards are not all done; unscored rows hold item -1
         and score NaN.
+    storage_options : dict, optional
+        fsspec options for a URL (default: fsspec's defaults and environment).
 
     Returns
     -------
@@ -503,22 +705,35 @@ def open_recommendations(path, *, allow_incomplete: bool = False) -> Recommendat
         arrays missing or of an unexpected dtype/shape (object dtype is never
         loaded), or an incomplete store without ``allow_incomplete``.
     """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
+    loc = location(path, storage_options)
+    path = loc.url
+    if not loc.exists():
         raise StoreFormatError(
             f"no recommendations store at {path}: the path does not exist. Create one with "
             "`edlae-dask score --factors F --interactions S --out PATH`"
         )
+    version = None
+    if not loc.is_local:
+        latest = _latest_version(loc)
+        if latest is not None:  # else ``path`` names a version itself (a staging one)
+            loc, version = latest, latest.name
+        elif loc.join("zarr.json").read_bytes() is None and _VERSIONS in loc.children():
+            raise StoreFormatError(
+                f"no recommendations are published at {path} yet: a scoring run has not finished (its partial work "
+                f"is under {path}/{_VERSIONS}/). Run the same `edlae-dask score` again to finish it"
+            )
     try:
-        root = zarr.open_group(path, mode="r", zarr_format=3)
+        root = loc.open_group("r")
     except Exception as exc:  # zarr raises several types
         raise StoreFormatError(
             f"{path} is not a zarr v3 group, so not a recommendations store ({type(exc).__name__}: {exc}). "
             "Pass the --out directory of `edlae-dask score`"
         ) from exc
-    meta = _check_ours(path, dict(root.attrs), what="opened")
+    meta = _check_ours(loc.url, dict(root.attrs), what="opened")
     n_users, n_items, top_n = int(meta["n_users"]), int(meta["n_items"]), int(meta["top_n"])
-    shapes = {"items": (n_users, top_n), "scores": (n_users, top_n), "user_ids": (n_users,), "item_ids": (n_items,)}
+    shapes = {"user_ids": (n_users,), "item_ids": (n_items,)}
+    if loc.is_local:
+        shapes.update(items=(n_users, top_n), scores=(n_users, top_n))
     arrays = {}
     for name, shape in shapes.items():
         arr = get_node(root, name, f"{path}/{name}")
@@ -532,7 +747,8 @@ def open_recommendations(path, *, allow_incomplete: bool = False) -> Recommendat
                 f"{path}: {name} has shape {arr.shape}, expected {shape}; the store is damaged, score again"
             )
         arrays[name] = arr
-    done = done_shards(path, meta)
+    markers = _done_markers(loc, meta)
+    done = sorted(markers)
     complete = len(done) == int(meta["n_shards"])
     if not complete and not allow_incomplete:
         missing = sorted(set(range(int(meta["n_shards"]))) - set(done))
@@ -542,13 +758,37 @@ def open_recommendations(path, *, allow_incomplete: bool = False) -> Recommendat
             "still going: run the same `edlae-dask score` again to finish it, or pass allow_incomplete=True to "
             "read the finished shards"
         )
+    if loc.is_local:
+        items, scores = da.from_zarr(arrays["items"]), da.from_zarr(arrays["scores"])
+    else:
+        items, scores = _rows_of_runs(root, loc.url, meta, markers)
     return Recommendations(
         path=path,
         user_ids=arrays["user_ids"][...],
-        items=da.from_zarr(arrays["items"]),
-        scores=da.from_zarr(arrays["scores"]),
+        items=items,
+        scores=scores,
         item_ids=arrays["item_ids"][...],
         meta=meta,
         complete=complete,
         done_shards=tuple(done),
+        version=version,
     )
+
+
+def _rows_of_runs(root, path: str, meta: dict, markers: dict) -> tuple[da.Array, da.Array]:
+    """Under a URL: each done shard's rows from the run its marker names; unscored rows -1 / NaN."""
+    n_users, top_n, offsets = int(meta["n_users"]), int(meta["top_n"]), meta["shard_offsets"]
+    runs, items, scores = {}, [], []
+    for s in range(int(meta["n_shards"])):
+        a, b = int(offsets[s]), int(offsets[s + 1])
+        if s not in markers:
+            items.append(da.full((b - a, top_n), -1, dtype="<i4"))
+            scores.append(da.full((b - a, top_n), np.nan, dtype="<f4"))
+            continue
+        prefix = _rows_prefix(markers[s])
+        if prefix not in runs:
+            arrays = _rows_arrays(root, path, prefix, (n_users, top_n))
+            runs[prefix] = {name: da.from_zarr(arr) for name, arr in arrays.items()}
+        items.append(runs[prefix]["items"][a:b])
+        scores.append(runs[prefix]["scores"][a:b])
+    return da.concatenate(items), da.concatenate(scores)

@@ -139,7 +139,7 @@ def scalable_stages(store, params, client, stages, progress, n_workers: int):
     chunks = row_blocks(n, n_workers)
     bounds = np.concatenate([[0], np.cumsum(chunks)]).tolist()
     ratio = params.p / (1.0 - params.p)
-    path = str(store.path)
+    path = store.location  # URL and storage options: each worker reads its shard itself
 
     with stages.stage("load", f"X and Xᵀ from {store.n_shards} shards"):
         shards = [delayed(load_shard)(path, s, dtype) for s in range(store.n_shards)]
