@@ -457,7 +457,8 @@ def _result(store, params, eig, U, V, **extra) -> TrainResult:
         item_ids=store.item_ids(),
         params=params,
         interactions_fingerprint=store.fingerprint,
-        eigensolver=dict(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter),
+        eigensolver=dict(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter,
+                         method=eig.method, block_size=eig.block_size, n_matvec_columns=eig.n_matvec_columns),
         **extra,
     )
 

@@ -194,3 +194,150 @@ def test_orthonormalize_gives_an_orthonormal_Q_with_QR_equal_to_Y(rank_deficient
     np.testing.assert_allclose(Q @ R, Y, atol=1e-10)
     np.testing.assert_allclose(Q.T @ Q, np.eye(12), atol=1e-10)
     assert np.allclose(R, np.triu(R))
+
+
+# --------------------------------------------------------------------------- block Krylov
+# Oracle: numpy.linalg.eigh. With decay 0.7, k = 8 and a basis of 4 blocks of 8 columns
+# (n_oversamples = 24, q = 3) spanning MΩ … M⁴Ω, the Krylov space holds every degree-4
+# polynomial filter of M applied to Ω, at least as good as subspace iteration's M⁴Ω with l = 8;
+# the Chebyshev filters converge much faster than that (λ_{k+1}/λ_k = 0.7): the subspace
+# method's tolerances above hold. Blocks narrower than k converge slowly on the k-th pair.
+
+
+def krylov(M, k, chunks, dtype=np.float64, **kw):
+    kw.setdefault("method", "krylov")
+    kw.setdefault("n_oversamples", 3 * k)
+    return solve(M, k, chunks, dtype=dtype, **kw)
+
+
+def test_krylov_float64_matches_numpy_eigh():
+    M, lam, U = psd(120)
+    r = krylov(M, 8, 25)
+    w, Uo = np.linalg.eigh(M)
+    assert r.method == "krylov"
+    np.testing.assert_allclose(r.eigenvalues, w[::-1][:8], rtol=1e-10)
+    assert subspace_distance(r.eigenvectors.compute(), Uo[:, ::-1][:, :8]) < 1e-4
+
+
+def test_krylov_float32_matches_loosely():
+    M, lam, U = psd(120)
+    r = krylov(M, 8, 25, dtype=np.float32)
+    V = r.eigenvectors.compute()
+    assert V.dtype == np.float32 and r.eigenvalues.dtype == np.float64
+    np.testing.assert_allclose(r.eigenvalues, lam[:8], rtol=1e-4)
+    assert subspace_distance(V.astype(np.float64), U[:, :8]) < 1e-2
+
+
+def test_krylov_counts_blocks_and_columns():
+    # l = k + p = 16 over q + 1 = 4 blocks: b = 4; q + 2 = 5 applications of M to 4 columns
+    M, lam, U = psd(90, seed=1)
+    r = krylov(M, 6, 20, n_oversamples=10, n_power_iter=3)
+    assert (r.method, r.block_size, r.n_matvecs, r.n_matvec_columns) == ("krylov", 4, 5, 20)
+    assert (r.n_oversamples, r.n_power_iter) == (16 - 6, 3)
+    V = r.eigenvectors.compute()
+    np.testing.assert_allclose(V.T @ V, np.eye(6), atol=1e-12)
+    assert np.all(V[np.argmax(np.abs(V), axis=0), np.arange(6)] > 0)
+    assert np.all(np.diff(r.eigenvalues) <= 0)
+
+
+def test_krylov_reported_residuals_are_true_residuals():
+    # slow decay, two small blocks: not converged, residuals clearly nonzero
+    M, lam, U = psd(150, decay=0.97, seed=4)
+    r = krylov(M, 10, 40, n_oversamples=2, n_power_iter=1)
+    V = r.eigenvectors.compute()
+    true = np.linalg.norm(M @ V - V * r.eigenvalues, axis=0) / r.eigenvalues
+    np.testing.assert_allclose(r.ritz_residuals, true, rtol=1e-6)
+    assert r.ritz_residuals.max() > 1e-2
+
+
+def test_krylov_ritz_values_never_exceed_the_eigenvalues_and_grow_with_blocks():
+    # Rayleigh–Ritz on nested spaces: each Ritz value is a lower bound that can only rise
+    # (Cauchy interlacing), which the monitor shows block by block
+    M, lam, U = psd(150, decay=0.97, seed=10)
+    events = []
+    r = krylov(M, 10, 40, n_oversamples=20, n_power_iter=5, monitor=events.append)
+    sums = [e["ritz_sum"] for e in events if e["ritz_sum"] is not None]
+    assert len(sums) >= 3 and np.all(np.diff(sums) >= -1e-9 * sums[-1])
+    assert [e["n_matvecs"] for e in events] == list(range(2, r.n_matvecs + 1))
+    np.testing.assert_allclose(sums[-1], r.eigenvalues.sum(), rtol=1e-12)
+    assert np.all(r.eigenvalues <= lam[:10] * (1 + 1e-12))
+
+
+@pytest.mark.parametrize("chunks", [120, 33, 7])
+def test_krylov_chunking_does_not_change_the_answer(chunks):
+    M, lam, U = psd(120, seed=3)
+    ref = krylov(M, 6, 60)
+    r = krylov(M, 6, chunks)
+    np.testing.assert_allclose(r.eigenvalues, ref.eigenvalues, rtol=1e-12)
+    np.testing.assert_allclose(r.eigenvectors.compute(), ref.eigenvectors.compute(), atol=1e-8)
+
+
+def test_krylov_on_a_low_rank_operator():
+    # rank 6 < the 4 × 4 = 16 basis dimensions: M·Q lies in the basis after two blocks and
+    # what remains is rounding noise, which must not spoil the orthonormal basis
+    rng = np.random.default_rng(11)
+    U, _ = np.linalg.qr(rng.standard_normal((80, 6)))
+    lam = np.array([50.0, 20, 10, 5, 2, 1])
+    M = (U * lam) @ U.T
+    r = krylov(M, 4, 25, n_oversamples=12, n_power_iter=3)
+    np.testing.assert_allclose(r.eigenvalues, lam[:4], rtol=1e-10)
+    V = r.eigenvectors.compute()
+    np.testing.assert_allclose(V.T @ V, np.eye(4), atol=1e-10)
+    assert subspace_distance(V, U[:, :4]) < 1e-6
+
+
+def test_krylov_too_close_to_n_uses_the_subspace_method():
+    # l = min(11 + 50, 13) = 13 over 2 blocks: b = 7, and only one block of 7 < k fits in n
+    M, lam, U = psd(13, seed=6)
+    r = krylov(M, 11, 5, n_oversamples=50, n_power_iter=1)
+    assert r.method == "subspace" and r.n_oversamples == 2
+    np.testing.assert_allclose(r.eigenvalues, lam[:11], rtol=1e-10)
+
+
+def test_krylov_distributed_matches_threads(client):
+    M, lam, U = psd(100, seed=9)
+    r = krylov(M, 6, 30)
+    with dask.config.set(scheduler="threads"):
+        ref = krylov(M, 6, 30)
+    np.testing.assert_allclose(r.eigenvalues, ref.eigenvalues, rtol=1e-12)
+    np.testing.assert_allclose(r.eigenvectors.compute(), ref.eigenvectors.compute(), atol=1e-9)
+
+
+def test_default_method_switches_to_krylov_at_large_k(monkeypatch):
+    # the threshold is a measured constant; the switch is tested at a small one
+    from edlae_dask.linalg import eigen
+
+    monkeypatch.setattr(eigen, "KRYLOV_MIN_K", 12)
+    assert eigen.default_method(11) == "subspace" and eigen.default_method(12) == "krylov"
+    M, lam, U = psd(150, decay=0.97, seed=12)
+    r = solve(M, 12, 50, n_oversamples=None, n_power_iter=None)
+    assert r.method == "krylov"
+    assert r.n_oversamples >= eigen.default_n_oversamples(12) and r.n_power_iter == eigen.default_n_power_iter(12)
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ParameterError, match="'method' parameter.*'subspace', 'krylov'"):
+        randomized_eigh(lambda Q: Q, 20, 3, row_chunks=(10, 10), method="lanczos")
+
+
+def test_gram_sums_row_blocks_in_float64():
+    from edlae_dask.linalg.eigen import _gram
+
+    rng = np.random.default_rng(13)
+    A, B = rng.standard_normal((103, 9)).astype(np.float32), rng.standard_normal((103, 4)).astype(np.float32)
+    Ad, Bd = da.from_array(A, chunks=(15, 9)), da.from_array(B, chunks=(15, 4))
+    A64, B64 = A.astype(np.float64), B.astype(np.float64)
+    with dask.config.set(scheduler="threads"):
+        np.testing.assert_allclose(_gram(Ad), A64.T @ A64, rtol=1e-12)
+        np.testing.assert_allclose(_gram(Ad, Bd), A64.T @ B64, rtol=1e-12, atol=1e-12)
+
+
+def test_single_cholesky_qr_keeps_the_span():
+    from edlae_dask.linalg.eigen import _orthonormalize
+
+    rng = np.random.default_rng(14)
+    Y = rng.standard_normal((90, 12)) @ np.diag(np.logspace(0, 3, 12))
+    Q, R = _orthonormalize(da.from_array(Y, chunks=(25, 12)), twice=False)
+    Q = Q.compute(scheduler="threads")
+    np.testing.assert_allclose(Q @ R, Y, atol=1e-9)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(12), atol=1e-8)

@@ -1,14 +1,22 @@
-"""Randomized top-k eigensolver for a symmetric PSD operator given as ``Q -> M·Q``.
+"""Randomized top-k eigensolvers for a symmetric PSD operator given as ``Q -> M·Q``.
 
-Subspace iteration with re-orthonormalization and Rayleigh–Ritz (Halko,
-Martinsson & Tropp 2011, Algorithms 4.4 and 5.3), on dask arrays of shape
-(n, l) that are chunked by rows only. ``M`` itself is never formed here: the
-caller passes ``apply_m`` (e.g. ``M·Ω = P·Ω − D·(Ω + B·Ω)`` for EDLAE).
+Two methods, on dask arrays of shape (n, ·) that are chunked by rows only. ``M``
+itself is never formed here: the caller passes ``apply_m`` (e.g.
+``M·Ω = P·Ω − D·(Ω + B·Ω)`` for EDLAE).
+
+- ``"subspace"``: subspace iteration with re-orthonormalization and Rayleigh–Ritz
+  (Halko, Martinsson & Tropp 2011, Algorithms 4.4 and 5.3) on ``l`` columns.
+- ``"krylov"``: randomized block Krylov (Musco & Musco 2015): the basis of
+  ``[MΩ, M²Ω, …, M^{q+1}Ω]`` for a narrower block Ω, built block by block with
+  full re-orthogonalization (block Lanczos), and Rayleigh–Ritz on all of it.
+  For the same Rayleigh–Ritz dimension it applies ``M`` to ``q + 1`` times fewer
+  columns.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,35 +31,88 @@ from dask.highlevelgraph import HighLevelGraph
 from edlae_dask.errors import ModelFitError, ParameterError
 from edlae_dask.linalg import _kernels as K
 
-__all__ = ["EighResult", "randomized_eigh", "default_n_oversamples", "DEFAULT_N_POWER_ITER"]
+__all__ = [
+    "EighResult",
+    "randomized_eigh",
+    "default_method",
+    "default_n_oversamples",
+    "default_n_power_iter",
+    "DEFAULT_N_POWER_ITER",
+    "EIGEN_METHODS",
+]
 
 logger = logging.getLogger("edlae_dask.linalg")
 
-# Defaults chosen with benchmarks/bench_linalg.py (results in benchmarks/results/linalg.json,
-# 2026-11): the eq.-15 objective tr(M) − tr(VᵀMV) of EDLAE's M = BᵀPB (λ = 50, p = 0.25,
-# float32), excess over the exact one, for k = 10 / 100 / 500:
-#   ml-1m (2,810 items; λ_{k+1}/λ_k = 0.83 / 0.994 / 0.998):  1.6e-5 / 4.9e-4 / 1.0e-5
-#   beibei (7,977 items; 0.85 / 0.990 / 0.997):               2.1e-5 / 3.3e-4 / 6.6e-5
-# with l = 2k (n_oversamples = k) and 3 power iterations: within the 0.1 % target with a
-# margin of 2x or more everywhere, at 5 applications of M to 2k columns (k = 500 on
-# beibei: 17 s vs 67 s for scipy's exact subset eigh). Cheaper rules each miss somewhere:
-# q = 2 with l = 2k gives 1.9e-3 / 1.35e-3 at k = 100; l = 1.5k with q = 3 gives 1.6e-3 at
-# k = 100 on beibei; oversampling 10 is far off for large k (k = 500, q = 6: 5.4e-3).
-# Oversampling costs memory (each persisted n × l block) as well as time, iterations only
-# time, so we stop at l = 2k; raise n_power_iter for tighter eigenvectors.
+#: Methods of :func:`randomized_eigh`.
+EIGEN_METHODS = ("subspace", "krylov")
 
-#: Default number of power (subspace) iterations.
+# Defaults chosen by measurement (benchmarks/bench_eigen_k.py, results in
+# benchmarks/results/eigen-k.{json,md}, 2026-11-27): on the MovieLens-20M-shaped M = BᵀPB
+# (n = 20,108, λ = 50, p = 0.25, float32), the eq.-15 objective tr(M) − tr(VᵀMV) over the exact
+# top-k one (float64 eigvalsh of M), relative; target ≤ 1e-3. Cost in matrix–vector columns:
+#
+#   k = 10:   subspace l = 2k, q = 3                     100 columns   5.5e-3  (fails)
+#             subspace l = k + 50, q = 3                   300           < 1e-8
+#   k = 100:  subspace l = 2k, q = 3                     1,000           3.7e-6
+#   k = 500:  subspace l = 2k, q = 3 (5 passes)        5,000 columns   7.1e-4
+#             subspace l = 1.5k, q = 4 (6 passes)      4,500           9.1e-4
+#             Krylov b = k/4, 11 blocks (RR dim 2.75k)  1,500           2.3e-4
+#   k = 1000: subspace l = 2k, q = 3                  10,000           8.5e-4
+#             subspace l = 1.5k, q = 4                 9,000           1.3e-3  (fails)
+#             subspace l = 1.1k … 1.25k, q = 4     6,600–7,500     3.1e-3 … 5.4e-3 (fail)
+#             Krylov b = k/2, 6 blocks (3k)            3,500           1.0e-3  (borderline)
+#             Krylov b = k/4, 11 blocks (2.75k)        3,000           5.3e-4
+#             Krylov b = k/4, 12 blocks (3k)           3,250           1.7e-4
+#   k = 2000: Krylov b = k/4, 10 / 11 / 12 blocks     5,500 / 6,000 / 6,500   1.2e-3 / 3.1e-4 / 5.7e-5
+#
+# Krylov with 12 blocks of k/4 (the rule) against l = 2k, q = 3, timed in one run (2 threads,
+# one BLAS thread each): k = 500 19 s vs 36 s, k = 1000 43 s vs 90 s; k = 2000 156 s. In Table 1
+# (2-worker cluster) the eigensolve stage went from 107 to 77 s at k = 1000 and from 376 to 189 s
+# at k = 2000. k = 5000 (a 15,000-dimensional Rayleigh–Ritz space) was not measured for accuracy.
+#
+# Oversampling matters more than passes for subspace iteration here (neighbouring eigenvalues
+# are close: λ_1000 = 207, λ_2000 = 133), so l = 2k stays its rule; block Krylov with narrow
+# blocks reaches the target with a third of the columns. Below k = 500 the subspace rule (also
+# measured on ml-1m and beibei for k = 10, 100, 500 by benchmarks/bench_linalg.py) stays, with
+# at least 50 extra columns.
+
+#: Power iterations of the subspace method.
 DEFAULT_N_POWER_ITER = 3
 
+#: Least oversampling of the subspace method. At k = 10 on the ML-20M-shaped M, l = 2k = 20 left
+#: 5.5e-3 of excess after 5 passes (the top eigenvalues there are not separated: λ₁₀ = 43,055);
+#: l = 60 gave 2.3e-8 after 4 and −1e-9 after 5, for 300 columns.
+SUBSPACE_MIN_OVERSAMPLES = 50
 
-def default_n_oversamples(k: int) -> int:
-    """Default oversampling for rank ``k``: ``max(10, k)``, i.e. a subspace of 2k columns.
+#: From this k on, block Krylov is the default method.
+KRYLOV_MIN_K = 500
 
-    With :data:`DEFAULT_N_POWER_ITER` = 3 this kept EDLAE's objective within 0.1 %
-    of exact for k = 10, 100 and 500 on two data sets in ``benchmarks/bench_linalg.py``
-    (the worst case was 4.9e-4).
+#: Default Krylov rule: q + 1 = 12 blocks of ceil(k / 4) columns, a Rayleigh–Ritz space of 3k.
+KRYLOV_N_POWER_ITER = 11
+KRYLOV_OVERSAMPLE_FRACTION = 2.0
+
+
+def default_method(k: int) -> str:
+    """Default method for rank ``k``: ``"subspace"`` below :data:`KRYLOV_MIN_K` (500), else ``"krylov"``."""
+    return "subspace" if k < KRYLOV_MIN_K else "krylov"
+
+
+def default_n_oversamples(k: int, method: str | None = None) -> int:
+    """Default oversampling p for rank ``k`` (Rayleigh–Ritz on ``k + p`` dimensions).
+
+    Subspace method: ``max(50, k)`` (l = 2k from k = 50). Krylov: ``2k`` (a 3k-dimensional
+    space of 12 blocks of ``ceil(k / 4)`` columns with :func:`default_n_power_iter`).
     """
-    return max(10, int(k))
+    method = default_method(k) if method is None else method
+    if method == "krylov":
+        return max(10, math.ceil(KRYLOV_OVERSAMPLE_FRACTION * int(k)))
+    return max(SUBSPACE_MIN_OVERSAMPLES, int(k))
+
+
+def default_n_power_iter(k: int, method: str | None = None) -> int:
+    """Default power iterations q for rank ``k``: 3 (subspace), 11 (Krylov: 12 blocks)."""
+    method = default_method(k) if method is None else method
+    return KRYLOV_N_POWER_ITER if method == "krylov" else DEFAULT_N_POWER_ITER
 
 
 @dataclass
@@ -72,16 +133,26 @@ class EighResult:
         ``‖M v − θ v‖₂ / θ`` per Ritz pair (float64).
 
     n_matvecs : int
-        Applications of ``M`` to an (n, l) block (``n_power_iter + 2``).
+        Applications of ``M`` to an (n, block) panel: ``n_power_iter + 2`` for both
+        methods (the block is l columns for ``"subspace"``, ``block_size`` for ``"krylov"``).
 
     n_oversamples : int
-        Oversampling actually used (``l − k``, after clipping ``l`` to ``n``).
+        Oversampling actually used: the Rayleigh–Ritz dimension minus k.
 
     n_power_iter : int
-        Power (subspace) iterations.
+        Power iterations (``"krylov"``: Krylov blocks beyond the first).
 
     seconds : float
         Wall time of the solve.
+
+    method : str
+        ``"subspace"`` or ``"krylov"``.
+
+    block_size : int
+        Columns of each application of ``M``.
+
+    n_matvec_columns : int
+        Matrix–vector products in all: ``n_matvecs · block_size``.
     """
 
     eigenvalues: np.ndarray
@@ -91,6 +162,70 @@ class EighResult:
     n_oversamples: int
     n_power_iter: int
     seconds: float
+    method: str = "subspace"
+    block_size: int = 0
+    n_matvec_columns: int = 0
+
+
+# --------------------------------------------------------------------------- block kernels
+# Plain numpy on one row block each. Grams are accumulated in float64 whatever the working
+# dtype: CholeskyQR squares the condition number of the block.
+
+
+def _k_gram(a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    a64 = a.astype(np.float64)
+    if b is None:
+        return a64.T @ a64  # numpy calls syrk for this pattern: half the flops
+    return a64.T @ b.astype(np.float64)
+
+
+def _k_gram_basis(qs: list, w: np.ndarray) -> np.ndarray:
+    w64 = w.astype(np.float64)
+    return np.concatenate([q.astype(np.float64).T @ w64 for q in qs], axis=0)
+
+
+def _k_project_out(qs: list, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    out = np.array(w, copy=True)
+    start = 0
+    for q in qs:
+        out -= q @ h[start : start + q.shape[1]].astype(w.dtype)
+        start += q.shape[1]
+    return out
+
+
+def _k_residual_gram(qs: list, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    return _k_gram(_k_project_out(qs, w, h), None)
+
+
+def _k_combine(*args: np.ndarray) -> np.ndarray:
+    qs, c = args[:-1], args[-1]
+    out = None
+    start = 0
+    for q in qs:
+        part = q @ c[start : start + q.shape[1]].astype(q.dtype)
+        out = part if out is None else out + part
+        start += q.shape[1]
+    return out
+
+
+def _k_times_chain(y: np.ndarray, *mats: np.ndarray) -> np.ndarray:
+    for m in mats:
+        y = y @ m.astype(y.dtype)
+    return y
+
+
+def _k_gram_of_chain(y: np.ndarray, *mats: np.ndarray) -> np.ndarray:
+    return _k_gram(_k_times_chain(y, *mats), None)
+
+
+def _k_sum(*parts: np.ndarray) -> np.ndarray:
+    out = np.array(parts[0], copy=True)
+    for p in parts[1:]:
+        out += p
+    return out
+
+
+# --------------------------------------------------------------------------- graphs
 
 
 def _gaussian(n_cols: int, row_chunks: tuple[int, ...], dtype, seed: int) -> da.Array:
@@ -104,32 +239,117 @@ def _gaussian(n_cols: int, row_chunks: tuple[int, ...], dtype, seed: int) -> da.
     return da.Array(graph, name, chunks=(row_chunks, (n_cols,)), dtype=dtype)
 
 
-def _orthonormalize(Y: da.Array) -> tuple[da.Array, np.ndarray]:
+def _small(mats) -> list:
+    """Small dense matrices as one-chunk dask arrays: shipped once, not once per task."""
+    return [da.from_array(np.ascontiguousarray(m), chunks=m.shape) for m in mats]
+
+
+def _rowwise(func, panels: list[da.Array], extra: list[da.Array], n_cols: int, dtype, prefix: str,
+             as_list: bool = False) -> da.Array:
+    """One task per row block r: ``func(panels[r]…, extra…)`` → an (n, n_cols) array with the panels' row chunks.
+
+    ``panels`` are (n, ·) arrays with one column chunk each and equal row chunks; with
+    ``as_list`` all but the last are passed as one list (a Krylov basis).
+    """
+    row_chunks = panels[0].chunks[0]
+    name = prefix + tokenize(func, *panels, *extra, n_cols, as_list)
+    dsk = {}
+    xkeys = [(x.name, 0, 0) for x in extra]
+    for r in range(len(row_chunks)):
+        pkeys = [(p.name, r, 0) for p in panels]
+        args = ([pkeys[:-1], pkeys[-1]] if as_list else pkeys) + xkeys
+        dsk[name, r, 0] = (func, *args)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[*panels, *extra])
+    return da.Array(graph, name, chunks=(row_chunks, (n_cols,)), dtype=dtype)
+
+
+def _reduce_rows(func, panels: list[da.Array], extra: list[da.Array], shape: tuple[int, int],
+                 as_list: bool = False) -> np.ndarray:
+    """Σ over row blocks r of ``func(panels[r]…, extra…)`` (small float64 matrices), computed.
+
+    The partial results are added in a binary tree, so that few of them (l × l each, up to
+    hundreds of MB for large l) are alive at once; a dask matmul ``AᵀB`` over r row blocks
+    would hold all r partial products of every output block before summing.
+    """
+    n_blocks = len(panels[0].chunks[0])
+    token = tokenize(func, *panels, *extra, shape, as_list)
+    name, part = "edlae-rowsum-" + token, "edlae-rowsum-part-" + token
+    dsk = {}
+    xkeys = [(x.name, 0, 0) for x in extra]
+    keys = []
+    for r in range(n_blocks):
+        pkeys = [(p.name, r, 0) for p in panels]
+        args = ([pkeys[:-1], pkeys[-1]] if as_list else pkeys) + xkeys
+        dsk[part, 0, r] = (func, *args)
+        keys.append((part, 0, r))
+    level = 0
+    while len(keys) > 2:
+        level += 1
+        nxt = []
+        for j in range(0, len(keys), 2):
+            if j + 1 < len(keys):
+                dsk[part, level, j // 2] = (_k_sum, keys[j], keys[j + 1])
+                nxt.append((part, level, j // 2))
+            else:
+                nxt.append(keys[j])
+        keys = nxt
+    dsk[name, 0, 0] = (_k_sum, *keys)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[*panels, *extra])
+    out = da.Array(graph, name, chunks=((shape[0],), (shape[1],)), dtype=np.float64)
+    return np.asarray(out.compute(), dtype=np.float64)
+
+
+def _gram(A: da.Array, B: da.Array | None = None) -> np.ndarray:
+    """AᵀB (AᵀA if B is None) in float64, of row-chunked arrays with one column chunk."""
+    if B is None:
+        return _reduce_rows(_gram_self, [A], [], (A.shape[1], A.shape[1]))
+    return _reduce_rows(_k_gram, [A, B], [], (A.shape[1], B.shape[1]))
+
+
+def _gram_self(a: np.ndarray) -> np.ndarray:
+    return _k_gram(a, None)
+
+
+def _persist(x: da.Array) -> da.Array:
+    (x,) = dask.persist(x)
+    return x
+
+
+def _orthonormalize(Y: da.Array, twice: bool = True) -> tuple[da.Array, np.ndarray]:
     """Q, R with Y = Q·R, Q orthonormal (persisted), R (l × l) upper triangular in float64.
 
-    CholeskyQR2: R₁ = chol(YᵀY), Q₁ = Y·R₁⁻¹, then once more on Q₁. The l × l Grams
+    CholeskyQR2: R₁ = chol(YᵀY), Q₁ = Y·R₁⁻¹, R₂ = chol(Q₁ᵀQ₁), Q = Q₁·R₂⁻¹. The l × l Grams
     are summed over the row blocks in float64, and the rest is one parallel BLAS-3
     product per block, where ``dask.array.linalg.tsqr`` ends each call with one serial
     QR of all blocks' R factors stacked (about 10× slower at l = 1,600 on 2,000-row
-    blocks, measured here). When YᵀY is too ill-conditioned for Cholesky (rank-deficient
-    Y), falls back to TSQR.
+    blocks, measured here). Q₁ is never stored: its Gram is taken block by block as it
+    is formed, and Q = (Y·R₁⁻¹)·R₂⁻¹ is formed again from Y (the same rounding as
+    CholeskyQR2, one (n, l) panel less in memory for 2·n·l² more flops). When YᵀY is too
+    ill-conditioned for Cholesky (rank-deficient Y), falls back to TSQR.
+
+    With ``twice=False``, one CholeskyQR step (R = chol(YᵀY), Q = Y·R⁻¹): the same span,
+    but Q is orthonormal only to about κ(Y)·eps of the working dtype — enough between
+    two passes of subspace iteration, not for a Rayleigh–Ritz basis.
     """
-    Q, R = Y, np.eye(Y.shape[1])
-    for _ in range(2):
-        Q64 = Q.astype(np.float64)
-        G = np.asarray((Q64.T @ Q64).compute(), dtype=np.float64)
+    l = Y.shape[1]
+    inverses, R = [], np.eye(l)
+    for _ in range(2 if twice else 1):
+        if not inverses:
+            G = _gram(Y)
+        else:
+            G = _reduce_rows(_k_gram_of_chain, [Y], _small(inverses), (l, l))
         try:
             Ri = scipy.linalg.cholesky(0.5 * (G + G.T), lower=False)
         except np.linalg.LinAlgError:
             Qt, Rt = dask.persist(*da.linalg.tsqr(Y))
             return Qt, np.asarray(Rt.compute(), dtype=np.float64)
-        inv = scipy.linalg.solve_triangular(Ri, np.eye(Ri.shape[0]), lower=False)
-        (Q,) = dask.persist(Q @ inv.astype(Y.dtype))
+        inverses.append(scipy.linalg.solve_triangular(Ri, np.eye(l), lower=False).astype(Y.dtype))
         R = Ri @ R
+    Q = _persist(_rowwise(_k_times_chain, [Y], _small(inverses), l, Y.dtype, "edlae-cholqr-"))
     return Q, R
 
 
-def _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed):
+def _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method):
     def bad_int(x):
         return isinstance(x, bool) or not isinstance(x, (int, np.integer))
 
@@ -164,6 +384,11 @@ def _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed):
         )
     if bad_int(seed) or seed < 0:
         raise ParameterError(f"The 'seed' parameter of randomized_eigh must be an int >= 0. Got {seed!r} instead.")
+    if method is not None and method not in EIGEN_METHODS:
+        raise ParameterError(
+            f"The 'method' parameter of randomized_eigh must be one of {EIGEN_METHODS} or None "
+            f"(None: 'krylov' from k = {KRYLOV_MIN_K}). Got {method!r} instead."
+        )
     return row_chunks, dtype
 
 
@@ -178,6 +403,8 @@ def randomized_eigh(
     n_power_iter: int | None = None,
     seed: int = 0,
     log: Callable[[str], object] | None = None,
+    method: str | None = None,
+    monitor: Callable[[dict], object] | None = None,
 ) -> EighResult:
     """Top-``k`` eigenpairs of a symmetric positive semi-definite operator.
 
@@ -185,9 +412,9 @@ def randomized_eigh(
     ----------
     apply_m : callable
         ``apply_m(Q)`` returns the lazy product ``M·Q`` for a dask array ``Q`` of
-        shape (n, l) with chunks ``(row_chunks, (l,))``; the result should have the
-        same shape (it is rechunked to ``Q``'s chunks and cast to ``dtype`` if
-        not). ``M`` must be symmetric PSD.
+        shape (n, b) with chunks ``(row_chunks, (b,))`` (b is the method's block
+        width); the result should have the same shape (it is rechunked to ``Q``'s
+        chunks and cast to ``dtype`` if not). ``M`` must be symmetric PSD.
 
     n : int
         Order of ``M``.
@@ -199,16 +426,18 @@ def randomized_eigh(
         Row block sizes (summing to ``n``) of ``Q`` and of the returned vectors.
 
     dtype : {numpy.float32, numpy.float64}, default=numpy.float32
-        Dtype of the (n, l) blocks. The small l × l eigenproblem is always solved
-        in float64.
+        Dtype of the (n, ·) panels. Grams and the small projected eigenproblem are
+        always computed in float64.
 
     n_oversamples : int or None, default=None
-        Extra columns beyond ``k``; the subspace has ``l = min(k + n_oversamples, n)``
-        columns. ``None`` uses :func:`default_n_oversamples`.
+        The Rayleigh–Ritz space has ``l = min(k + n_oversamples, n)`` dimensions.
+        ``None`` uses :func:`default_n_oversamples`.
 
     n_power_iter : int or None, default=None
-        Subspace iterations after the first range sketch (each re-orthonormalized
-        by CholeskyQR2, :func:`_orthonormalize`). ``None`` uses :data:`DEFAULT_N_POWER_ITER`.
+        ``"subspace"``: iterations after the first range sketch (each
+        re-orthonormalized by CholeskyQR2, :func:`_orthonormalize`). ``"krylov"``:
+        Krylov blocks beyond the first (the basis spans ``MΩ … M^{q+1}Ω``). ``None``
+        uses :func:`default_n_power_iter`.
 
     seed : int, default=0
         Seed of the Gaussian test matrix. It is generated in fixed pages of rows,
@@ -221,6 +450,16 @@ def randomized_eigh(
         Called with one line of progress per pass; ``None`` logs to
         ``logging.getLogger("edlae_dask.linalg")`` at INFO level.
 
+    method : {"subspace", "krylov"} or None, default=None
+        ``None`` uses :func:`default_method` (Krylov from k = :data:`KRYLOV_MIN_K`).
+
+    monitor : callable or None, default=None
+        For benchmarks: called after every application of ``M`` whose result allows
+        a Rayleigh–Ritz step, with a dict of ``n_matvecs``, ``n_matvec_columns``,
+        ``dim`` (of the space), ``ritz_sum`` (sum of its top-k Ritz values, or None if
+        ``dim < k``) and ``seconds`` (of the solve so far, the monitor's own work
+        excluded). Costs one extra (l × l) Gram per pass for ``"subspace"``.
+
     Returns
     -------
     EighResult
@@ -231,125 +470,270 @@ def randomized_eigh(
     ------
     ParameterError
         For k outside (0, n), row chunks that do not sum to n, a dtype other than
-        float32/float64 or a negative n_oversamples / n_power_iter / seed.
+        float32/float64, a negative n_oversamples / n_power_iter / seed, or an
+        unknown method.
     ModelFitError
         If the small projected matrix has non-finite entries (``M·Q`` produced
         NaN or inf).
 
     Notes
     -----
-    Algorithm: ``Q = orth(M Ω)``, then ``n_power_iter`` times ``Q = orth(M Q)``,
+    ``"subspace"``: ``Q = orth(M Ω)``, then ``n_power_iter`` times ``Q = orth(M Q)``,
     then Rayleigh–Ritz ``Z = M Q``, ``T = Qᵀ Z``, ``T = W Θ Wᵀ``, ``V = Q W_k``.
     Every pass re-orthonormalizes (dask's ``svd_compressed`` default
     ``iterator='power'`` does not, and diverged on EDLAE's M in
     shared/notes/measured-2026-11.md). Residuals come from ``Z W_k − V Θ_k``
-    without another application of ``M``.
+    without another application of ``M``. After each pass the sum of the top-k
+    singular values of ``M Q`` (free from the QR's R factor) is logged.
 
-    Cost: ``n_power_iter + 2`` applications of ``M`` to an (n, l) block, plus
-    ``O(n l²)`` flops per pass for CholeskyQR2 and the projections. Memory: two or three
-    persisted (n, l) blocks (``Q``, ``M Q``) across the cluster, and O(l²) on the
-    client. After each pass the sum of the top-k singular values of ``M Q``
-    (free from the QR's R factor; it converges to the sum of the top-k
-    eigenvalues) is logged, so convergence can be watched.
+    ``"krylov"``: ``Q₁ = orth(M Ω)`` with Ω of ``b = ceil(l / (q + 1))`` columns; then
+    for j = 1 … q: ``W = M Q_j``, W minus its projection on ``Q₁ … Q_j`` (twice,
+    block classical Gram–Schmidt with re-orthogonalization), ``Q_{j+1} = orth(W)``;
+    and ``W = M Q_{q+1}``. The projections ``Q_iᵀ M Q_j`` are the entries of
+    ``T = Qᵀ M Q`` on the whole basis (block tridiagonal up to rounding), so the
+    Rayleigh–Ritz step needs no further application of ``M``. The residual of a Ritz
+    pair (v = Q w) is ``(I − QQᵀ) M Q_{q+1} w_{q+1}`` (the basis is invariant up to
+    its last block), whose norm comes from one b × b Gram — exact up to the basis'
+    loss of orthogonality. ``(q + 2)·b`` columns pass through ``M`` against
+    ``(q + 2)·l`` for the subspace method with the same l and q.
+
+    Cost and memory: ``n_power_iter + 2`` applications of ``M`` to an (n, b) panel
+    (b = l for ``"subspace"``), plus ``O(n l²)`` flops per pass for
+    orthonormalization; the persisted panels are ``Q`` and ``M Q`` (subspace: 2 of
+    n × l; Krylov: the n × l basis and 2–3 of n × b) across the cluster, O(l²) on the
+    client.
 
     References
     ----------
     N. Halko, P.-G. Martinsson and J. A. Tropp, "Finding structure with
     randomness: probabilistic algorithms for constructing approximate matrix
     decompositions", SIAM Review 53(2), 2011.
+
+    C. Musco and C. Musco, "Randomized block Krylov methods for stronger and faster
+    approximate singular value decomposition", NeurIPS 2015.
     """
     t0 = time.perf_counter()
-    row_chunks, dtype = _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed)
+    row_chunks, dtype = _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method)
+    method = default_method(k) if method is None else method
     if n_oversamples is None:
-        n_oversamples = default_n_oversamples(k)
+        n_oversamples = default_n_oversamples(k, method)
     if n_power_iter is None:
-        n_power_iter = DEFAULT_N_POWER_ITER
+        n_power_iter = default_n_power_iter(k, method)
     n_oversamples, n_power_iter, seed = int(n_oversamples), int(n_power_iter), int(seed)
     l = min(k + n_oversamples, n)
     emit = log if log is not None else logger.info
-    q_chunks = (row_chunks, (l,))
+    solver = _Solver(apply_m, n, k, row_chunks, dtype, emit, monitor, t0)
+    if method == "krylov":
+        # b·(q + 1) >= l; a basis can have at most n columns
+        b = math.ceil(l / (n_power_iter + 1))
+        n_blocks = min(n_power_iter + 1, n // b)
+        if n_blocks * b < k:  # too close to n for blocks: the subspace method clips l to n
+            method = "subspace"
+    emit(
+        f"randomized_eigh: n={n}, k={k}, method={method}, "
+        + (f"l={l} (n_oversamples={l - k})" if method == "subspace" else
+           f"block {b} x {n_blocks} blocks = {b * n_blocks} dims (n_oversamples={b * n_blocks - k})")
+        + f", n_power_iter={n_power_iter if method == 'subspace' else n_blocks - 1}, dtype={dtype}, "
+        f"{len(row_chunks)} row blocks"
+    )
+    if method == "krylov":
+        return solver.krylov(b, n_blocks, seed)
+    return solver.subspace(l, n_power_iter, seed)
 
-    def apply(Q: da.Array) -> da.Array:
-        Y = apply_m(Q)
+
+class _Solver:
+    """The two methods' passes and their common Rayleigh–Ritz step (one solve)."""
+
+    def __init__(self, apply_m, n, k, row_chunks, dtype, emit, monitor, t0):
+        self.apply_m, self.n, self.k, self.row_chunks, self.dtype = apply_m, n, k, row_chunks, dtype
+        self.emit, self.monitor, self.t0 = emit, monitor, t0
+        self.n_matvecs = 0
+        self.monitor_seconds = 0.0
+
+    def apply(self, Q: da.Array) -> da.Array:
+        """M·Q, persisted, checked, in ``dtype`` and Q's chunks."""
+        n, b = Q.shape
+        Y = self.apply_m(Q)
         if not isinstance(Y, da.Array):
-            Y = da.from_array(np.asarray(Y), chunks=q_chunks)
-        if Y.shape != (n, l):
-            raise ParameterError(f"apply_m(Q) must return shape {(n, l)} for Q of that shape. Got {Y.shape}.")
-        if Y.dtype != dtype:
-            Y = Y.astype(dtype)
-        if Y.chunks != q_chunks:
-            Y = Y.rechunk(q_chunks)
-        return Y
+            Y = da.from_array(np.asarray(Y), chunks=Q.chunks)
+        if Y.shape != (n, b):
+            raise ParameterError(f"apply_m(Q) must return shape {(n, b)} for Q of that shape. Got {Y.shape}.")
+        if Y.dtype != self.dtype:
+            Y = Y.astype(self.dtype)
+        if Y.chunks != Q.chunks:
+            Y = Y.rechunk(Q.chunks)
+        self.n_matvecs += 1
+        return _persist(Y)
 
-    emit(
-        f"randomized_eigh: n={n}, k={k}, l={l} (n_oversamples={l - k}), "
-        f"n_power_iter={n_power_iter}, dtype={dtype}, {len(row_chunks)} row blocks"
-    )
-    n_matvecs = 0
-    prev = None
-    n_passes = n_power_iter + 1
-    Q = _gaussian(l, row_chunks, dtype, seed)
-    for it in range(n_passes):
+    def report(self, dim: int, cols: int, ritz: np.ndarray | None, extra_seconds: float) -> None:
+        self.monitor_seconds += extra_seconds
+        if self.monitor is None:
+            return
+        self.monitor(dict(
+            n_matvecs=self.n_matvecs, n_matvec_columns=cols, dim=dim,
+            ritz_sum=None if ritz is None else float(np.sum(ritz)),
+            seconds=time.perf_counter() - self.t0 - self.monitor_seconds,
+        ))
+
+    def top_k(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not np.isfinite(T).all():
+            raise ModelFitError(
+                "randomized_eigh: Qᵀ·M·Q has NaN or inf entries; apply_m produced non-finite "
+                "values (check M, e.g. C = P⁻¹ for an ill-conditioned P)."
+            )
+        T = 0.5 * (T + T.T)
+        m = T.shape[0]
+        theta, W = scipy.linalg.eigh(T, subset_by_index=(m - self.k, m - 1))
+        return theta[::-1].copy(), W[:, ::-1].copy()
+
+    # ------------------------------------------------------------------ subspace iteration
+
+    def subspace(self, l: int, n_power_iter: int, seed: int) -> EighResult:
+        k, emit = self.k, self.emit
+        n_passes = n_power_iter + 1
+        prev = None
+        Q = _gaussian(l, self.row_chunks, self.dtype, seed)
         tp = time.perf_counter()
-        (Y,) = dask.persist(apply(Q))
-        Q, R = _orthonormalize(Y)
-        del Y
-        n_matvecs += 1
-        if it == 0:  # σ(M·Ω) are not eigenvalue estimates (Ω is not orthonormal)
-            emit(f"randomized_eigh: pass 1/{n_passes} (range sketch) [{time.perf_counter() - tp:.2f} s]")
-            continue
-        sv = scipy.linalg.svdvals(R)
-        est = float(np.sum(sv[:k]))
-        change = "" if prev is None else f", rel. change {abs(est - prev) / max(abs(est), 1e-300):.2e}"
-        emit(
-            f"randomized_eigh: pass {it + 1}/{n_passes} (power iteration): "
-            f"sum of top-{k} singular values of M·Q = {est:.6g}{change} "
-            f"[{time.perf_counter() - tp:.2f} s]"
-        )
-        prev = est
+        Q, _ = _orthonormalize(self.apply(Q), twice=n_passes == 1 or self.monitor is not None)
+        emit(f"randomized_eigh: pass 1/{n_passes} (range sketch) [{time.perf_counter() - tp:.2f} s]")
+        # Z = M·Q is both the next pass's Y and, after the last pass, the Rayleigh–Ritz product
+        for it in range(1, n_passes + 1):
+            tp = time.perf_counter()
+            Z = self.apply(Q)
+            if self.monitor is not None and it < n_passes:
+                tm = time.perf_counter()
+                theta, _ = self.top_k(_gram(Q, Z))
+                self.report(l, self.n_matvecs * l, theta, time.perf_counter() - tm)
+            if it == n_passes:
+                break
+            Q = None  # release the old basis before the new one is formed: two (n, l) panels, not three
+            # one CholeskyQR step is enough for the span between passes; the Rayleigh–Ritz
+            # basis (the last one) needs both (a monitored run measures every pass's basis)
+            Q, R = _orthonormalize(Z, twice=it == n_passes - 1 or self.monitor is not None)
+            Z = None
+            sv = scipy.linalg.svdvals(R)
+            est = float(np.sum(sv[:k]))
+            change = "" if prev is None else f", rel. change {abs(est - prev) / max(abs(est), 1e-300):.2e}"
+            emit(
+                f"randomized_eigh: pass {it + 1}/{n_passes} (power iteration): "
+                f"sum of top-{k} singular values of M·Q = {est:.6g}{change} "
+                f"[{time.perf_counter() - tp:.2f} s]"
+            )
+            prev = est
 
-    # Rayleigh–Ritz on span(Q)
-    tp = time.perf_counter()
-    Z = apply(Q)
-    n_matvecs += 1
-    (Z,) = dask.persist(Z)
-    T = np.asarray((Q.T @ Z).compute(), dtype=np.float64)
-    if not np.isfinite(T).all():
-        raise ModelFitError(
-            "randomized_eigh: Qᵀ·M·Q has NaN or inf entries; apply_m produced non-finite "
-            "values (check M, e.g. C = P⁻¹ for an ill-conditioned P)."
-        )
-    T = 0.5 * (T + T.T)
-    theta, W = scipy.linalg.eigh(T, subset_by_index=(l - k, l - 1))
-    theta, W = theta[::-1].copy(), W[:, ::-1].copy()
-    Wk = W.astype(dtype)
+        # Rayleigh–Ritz on span(Q)
+        theta, W = self.top_k(_gram(Q, Z))
+        Wk = W.astype(self.dtype)
+        V0 = Q @ Wk
+        resid = da.sqrt(((Z @ Wk - V0 * theta.astype(self.dtype)) ** 2).sum(axis=0))
+        res_norm = np.asarray(resid.compute(), dtype=np.float64)
+        del Z
+        V = self.finish(V0, theta, res_norm, tp)
+        self.report(l, self.n_matvecs * l, theta, 0.0)
+        return self.result(theta, V, res_norm, l - k, n_power_iter, "subspace", l)
 
-    V0 = Q @ Wk
-    resid = da.sqrt(((Z @ Wk - V0 * theta.astype(dtype)) ** 2).sum(axis=0))
-    cands = V0.map_blocks(
-        K.signed_absmax, chunks=((1,) * len(row_chunks), (k,)), dtype=dtype
-    )
-    res_norm, cand = dask.compute(resid, cands)
-    del Z
-    res_norm = np.asarray(res_norm, dtype=np.float64)
-    best = np.argmax(np.abs(cand), axis=0)  # first block holding the column's largest |entry|
-    signs = np.where(cand[best, np.arange(k)] < 0, -1.0, 1.0)
-    (V,) = dask.persist(Q @ (Wk * signs.astype(dtype)))
-    scale = np.maximum(np.abs(theta), np.finfo(np.float64).tiny * max(1.0, float(np.abs(theta).max())))
-    residuals = res_norm / scale
-    seconds = time.perf_counter() - t0
-    emit(
-        f"randomized_eigh: Rayleigh–Ritz: θ_1 = {theta[0]:.6g}, θ_{k} = {theta[-1]:.6g}, "
-        f"sum = {theta.sum():.6g}; relative Ritz residuals ‖Mv − θv‖/θ: "
-        f"max {residuals.max():.3e}, median {np.median(residuals):.3e} "
-        f"[{time.perf_counter() - tp:.2f} s]; total {n_matvecs} applications of M, {seconds:.2f} s"
-    )
-    return EighResult(
-        eigenvalues=theta,
-        eigenvectors=V,
-        ritz_residuals=residuals,
-        n_matvecs=n_matvecs,
-        n_oversamples=l - k,
-        n_power_iter=n_power_iter,
-        seconds=seconds,
-    )
+    # ------------------------------------------------------------------ block Krylov
+
+    def krylov(self, b: int, n_blocks: int, seed: int) -> EighResult:
+        k, emit = self.k, self.emit
+        n_passes = n_blocks + 1
+        tp = time.perf_counter()
+        Q, _ = _orthonormalize(self.apply(_gaussian(b, self.row_chunks, self.dtype, seed)))
+        emit(f"randomized_eigh: pass 1/{n_passes} (block 1 of {b} columns) [{time.perf_counter() - tp:.2f} s]")
+        basis = [Q]
+        columns = []  # columns[j] = [Q₁ … Q_j]ᵀ M Q_j, the block column j of T above its diagonal
+        for j in range(n_blocks):
+            tp = time.perf_counter()
+            W = self.apply(basis[j])
+            H = _reduce_rows(_k_gram_basis, [*basis, W], [], (b * (j + 1), b), as_list=True)
+            columns.append(H)
+            if self.monitor is not None and j < n_blocks - 1:
+                tm = time.perf_counter()
+                dim = b * (j + 1)
+                theta = self.top_k(_assemble(columns, b))[0] if dim >= k else None
+                self.report(dim, self.n_matvecs * b, theta, time.perf_counter() - tm)
+            if j == n_blocks - 1:
+                break
+            # block classical Gram–Schmidt, twice ("twice is enough")
+            W1 = _persist(_rowwise(_k_project_out, [*basis, W], _small([H]), b, self.dtype, "edlae-proj-",
+                                   as_list=True))
+            W = None
+            H2 = _reduce_rows(_k_gram_basis, [*basis, W1], [], (b * (j + 1), b), as_list=True)
+            W2 = _persist(_rowwise(_k_project_out, [*basis, W1], _small([H2]), b, self.dtype, "edlae-proj-",
+                                   as_list=True))
+            del W1
+            Qn, R = _orthonormalize(W2)
+            del W2
+            if np.min(np.abs(np.diag(R))) < np.sqrt(np.finfo(self.dtype).eps) * np.abs(np.diag(H)).max():
+                # M·Q_j lay (nearly) inside the basis: what is left is rounding noise, which the
+                # projections above do not make orthogonal to the basis at its own scale
+                Qn = _persist(_rowwise(_k_project_out, [*basis, Qn], _small([_reduce_rows(
+                    _k_gram_basis, [*basis, Qn], [], (b * (j + 1), b), as_list=True)]), b, self.dtype,
+                    "edlae-proj-", as_list=True))
+                Qn, _ = _orthonormalize(Qn)
+            basis.append(Qn)
+            emit(
+                f"randomized_eigh: pass {j + 2}/{n_passes} (Krylov block {j + 2}): ‖T_(j+1,j)‖ = "
+                f"{np.linalg.norm(R, 2):.4g}, {b * (j + 2)} dims [{time.perf_counter() - tp:.2f} s]"
+            )
+        tp = time.perf_counter()
+        T = _assemble(columns, b)
+        theta, Wt = self.top_k(T)
+        # residual: the part of M·Q_last outside the basis, times each Ritz vector's last block
+        F = _reduce_rows(_k_residual_gram, [*basis, W], _small([H]), (b, b), as_list=True)
+        del W
+        w_last = Wt[-b:]
+        res_norm = np.sqrt(np.maximum(np.einsum("ij,ij->j", w_last, F @ w_last), 0.0))
+        # not persisted: the signs are read from it, then V is formed again with them (an (n, k)
+        # panel less at the end, for one more pass over the basis)
+        V0 = _rowwise(_k_combine, basis, _small([Wt]), k, self.dtype, "edlae-ritz-")
+        V = self.finish(V0, theta, res_norm, tp,
+                        lambda signs: _rowwise(_k_combine, basis, _small([Wt * signs]), k, self.dtype, "edlae-ritz-"))
+        dim = b * n_blocks
+        self.report(dim, self.n_matvecs * b, theta, 0.0)
+        return self.result(theta, V, res_norm, dim - k, n_blocks - 1, "krylov", b)
+
+    # ------------------------------------------------------------------ common end
+
+    def finish(self, V0: da.Array, theta: np.ndarray, res_norm: np.ndarray, tp: float, signed=None) -> da.Array:
+        """Sign-fixed V from the Ritz vectors V0 (``signed(signs)`` forms them again with the signs applied)."""
+        k = self.k
+        cand = V0.map_blocks(K.signed_absmax, chunks=((1,) * len(self.row_chunks), (k,)), dtype=self.dtype)
+        cand = np.asarray(cand.compute())
+        best = np.argmax(np.abs(cand), axis=0)  # first block holding the column's largest |entry|
+        signs = np.where(cand[best, np.arange(k)] < 0, -1.0, 1.0)
+        V = _persist(V0 * signs.astype(self.dtype) if signed is None else signed(signs))
+        scale = np.maximum(np.abs(theta), np.finfo(np.float64).tiny * max(1.0, float(np.abs(theta).max())))
+        self.residuals = res_norm / scale
+        self.seconds = time.perf_counter() - self.t0 - self.monitor_seconds
+        self.emit(
+            f"randomized_eigh: Rayleigh–Ritz: θ_1 = {theta[0]:.6g}, θ_{k} = {theta[-1]:.6g}, "
+            f"sum = {theta.sum():.6g}; relative Ritz residuals ‖Mv − θv‖/θ: "
+            f"max {self.residuals.max():.3e}, median {np.median(self.residuals):.3e} "
+            f"[{time.perf_counter() - tp:.2f} s]; total {self.n_matvecs} applications of M, {self.seconds:.2f} s"
+        )
+        return V
+
+    def result(self, theta, V, res_norm, n_oversamples, n_power_iter, method, block) -> EighResult:
+        return EighResult(
+            eigenvalues=theta,
+            eigenvectors=V,
+            ritz_residuals=self.residuals,
+            n_matvecs=self.n_matvecs,
+            n_oversamples=n_oversamples,
+            n_power_iter=n_power_iter,
+            seconds=self.seconds,
+            method=method,
+            block_size=block,
+            n_matvec_columns=self.n_matvecs * block,
+        )
+
+
+def _assemble(columns: list[np.ndarray], b: int) -> np.ndarray:
+    """T = QᵀMQ (symmetric) from its block columns above the diagonal."""
+    m = b * len(columns)
+    T = np.zeros((m, m))
+    for j, H in enumerate(columns):
+        T[: H.shape[0], j * b : (j + 1) * b] = H
+        T[j * b : (j + 1) * b, : j * b] = H[: j * b].T
+    return T
