@@ -128,7 +128,7 @@ def test_the_local_cluster_listens_on_loopback_only(tmp_path, how):
 
 
 def _slurm_spec():
-    pytest.importorskip("dask_jobqueue")
+    import dask_jobqueue  # noqa: F401  (the `test` extra installs it: a missing one must fail, not skip)
     spec = load_cluster_spec(REPO / "cluster" / "slurm.yaml")
     # the spec names the compute network (ib0); this machine has loopback only
     return dataclasses.replace(spec, options={**spec.options, "interface": "lo"})
@@ -160,7 +160,7 @@ def test_the_slurm_spec_generates_a_job_script_with_its_resources_and_worker_com
 
 
 def test_a_slurm_spec_with_tls_gives_the_workers_their_certificates(tmp_path, monkeypatch, certs):
-    pytest.importorskip("dask_jobqueue")
+    import dask_jobqueue  # noqa: F401  (the `test` extra installs it: a missing one must fail, not skip)
     monkeypatch.chdir(tmp_path)
     path = _spec(tmp_path, {"kind": "slurm", "cores": 4, "memory": "8GiB", "interface": "lo",
                             "tls": {"ca-file": str(certs / "ca.pem"), "cert": str(certs / "node.pem"),
