@@ -272,18 +272,21 @@ def test_krylov_chunking_does_not_change_the_answer(chunks):
     np.testing.assert_allclose(r.eigenvectors.compute(), ref.eigenvectors.compute(), atol=1e-8)
 
 
-def test_krylov_on_a_low_rank_operator():
-    # rank 6 < the 4 × 4 = 16 basis dimensions: M·Q lies in the basis after two blocks and
-    # what remains is rounding noise, which must not spoil the orthonormal basis
-    rng = np.random.default_rng(11)
-    U, _ = np.linalg.qr(rng.standard_normal((80, 6)))
-    lam = np.array([50.0, 20, 10, 5, 2, 1])
+def test_krylov_on_a_low_rank_operator(caplog):
+    # rank 9 = three blocks of 3: M·Q_3 lies in the basis, so the fourth block is rounding noise,
+    # which must be detected (at ‖M‖'s scale) and re-projected, or it spoils the orthonormal basis
+    rng = np.random.default_rng(5)
+    U, _ = np.linalg.qr(rng.standard_normal((90, 9)))
+    lam = np.array([40.0, 30, 20, 10, 6, 4, 3, 2, 1])
     M = (U * lam) @ U.T
-    r = krylov(M, 4, 25, n_oversamples=12, n_power_iter=3)
-    np.testing.assert_allclose(r.eigenvalues, lam[:4], rtol=1e-10)
+    with caplog.at_level(logging.INFO, logger="edlae_dask.linalg"):
+        r = krylov(M, 3, 30, n_oversamples=9, n_power_iter=3)
+    assert r.block_size == 3
+    assert "(Krylov block 4): " in caplog.text and "noise block re-projected" in caplog.text
+    np.testing.assert_allclose(r.eigenvalues, lam[:3], rtol=1e-10)
     V = r.eigenvectors.compute()
-    np.testing.assert_allclose(V.T @ V, np.eye(4), atol=1e-10)
-    assert subspace_distance(V, U[:, :4]) < 1e-6
+    np.testing.assert_allclose(V.T @ V, np.eye(3), atol=1e-10)
+    assert subspace_distance(V, U[:, :3]) < 1e-6
 
 
 def test_krylov_too_close_to_n_uses_the_subspace_method():
