@@ -366,5 +366,19 @@ def _describe(command: click.Command, params: dict) -> str:
     body = {"job": command.name}
     for name, value in params.items():
         if value is not None and value != ():
+            value = _redacted(value) if name == "storage_options" else value
             body[names[name]] = list(value) if isinstance(value, tuple) else value
     return f"# {command.name}: spec and options are valid\n" + yaml.safe_dump(body, sort_keys=False)
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def _redacted(options):
+    """Storage options with credentials masked: `--check` output ends up in logs and CI output."""
+    if isinstance(options, dict):
+        return {k: ("***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, (dict, list))
+                    else _redacted(v)) for k, v in options.items()}
+    if isinstance(options, list):
+        return [_redacted(v) for v in options]
+    return options
