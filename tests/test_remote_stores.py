@@ -234,6 +234,28 @@ def test_a_reader_sees_the_previous_version_while_a_publish_is_under_way_and_aft
     assert open_factors(f"{url}/f", storage_options=s3).version == v3 != v1
 
 
+def test_pruning_counts_complete_versions_only_and_keeps_the_previous_latest():
+    # memory:// behaves like object storage here (versions written under their final names)
+    root = "memory://prune-test/f"
+    U = np.ones((6, 2))
+
+    def dies(writer):
+        raise KeyboardInterrupt  # a killed publish: its incomplete version stays, unnamed
+
+    v1 = publish_factors(root, U, None)
+    dead = []
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            publish_factors(root, U, None, version_hook=lambda w: (dead.append(w.version), dies(w)))
+    v4 = publish_factors(root, U, None)
+    # two incomplete versions must not push v1 (LATEST until just now) out of keep = 3
+    assert list_versions(root) == [v1, *dead, v4]
+    assert open_factors(root, v1).version == v1
+    v5, v6 = publish_factors(root, U, None), publish_factors(root, U, None)
+    # keep = 3 complete ones; the dead publishes, older than all of them, go with v1
+    assert list_versions(root) == [v4, v5, v6]
+
+
 def test_a_factor_version_without_its_marker_is_not_opened(s3, url):
     U = np.ones((6, 2))
     publish_factors(f"{url}/f", U, s3)

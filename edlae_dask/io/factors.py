@@ -187,10 +187,26 @@ class FactorWriter:
         self.tmp.remove()
 
     def _prune(self) -> None:
-        # version names sort by creation time; only after LATEST moved, so the one it names is the newest
+        """Keep the ``keep`` newest complete versions and anything newer than the oldest of them.
+
+        Runs only after LATEST moved. Version names sort by creation time. Only complete
+        versions count towards ``keep`` (on a URL, killed publishes leave incomplete ones
+        under their final names), so the version LATEST named before is never among the
+        removed while ``keep`` >= 2; an incomplete version is removed once it is older than
+        every kept one (a publish that old is dead), never while it may still be writing.
+        """
         versions = list_versions(self.location)
-        for old in versions[: max(0, len(versions) - self.keep)]:
-            self.location.join(_VERSIONS, old).remove()
+        complete = [v for v in versions if v == self.version or self._is_complete(v)]
+        kept = complete[-self.keep:] if self.keep > 0 else [self.version]
+        for old in versions:
+            if old < kept[0]:
+                self.location.join(_VERSIONS, old).remove()
+
+    def _is_complete(self, version: str) -> bool:
+        try:
+            return self.location.join(_VERSIONS, version).open_group("r").attrs.get("complete") is True
+        except Exception:  # zarr raises several types for "not a group here": a remnant, not complete
+            return False
 
     def __enter__(self):
         return self
