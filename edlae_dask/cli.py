@@ -425,18 +425,19 @@ def run(ctx, spec_file, flags):
 
 @cli.command()
 @click.argument("path", type=click.Path())
+@_storage_options
 @_user_errors
-def info(path):
-    """Describe an interaction store or a factor store."""
+def info(path, storage_options):
+    """Describe an interaction store or a factor store (a local path or a URL)."""
     from edlae_dask.io.factors import is_factor_store, open_factors
     from edlae_dask.io.interactions import open_interactions
 
-    if is_factor_store(path):
-        f = open_factors(path)
+    if is_factor_store(path, storage_options=storage_options):
+        f = open_factors(path, storage_options=storage_options)
         meta = {k: v for k, v in f.meta.items() if k != "stages"}
         click.echo(json.dumps({"kind": "factors", "version": f.version, **meta}, indent=2, default=str))
     else:
-        s = open_interactions(path)
+        s = open_interactions(path, storage_options=storage_options)
         click.echo(json.dumps({"kind": "interactions", **s.attrs}, indent=2, default=str))
 
 

@@ -132,6 +132,10 @@ def test_ingest_train_score_on_s3_through_worker_processes_equal_the_run_on_loca
     np.testing.assert_allclose(U, U_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(V, V_ref, rtol=1e-10, atol=1e-12)
     assert got.stages["gram"]["detail"]["checkpoint"] == "written"
+    for store, kind in ((remote["f"], "factors"), (remote["x"], "interactions")):
+        about = CliRunner().invoke(cli, ["info", store, "--storage-options", options])
+        assert about.exit_code == 0, about.output
+        assert json.loads(about.output)["kind"] == kind
 
     score(local["f"], local["x"], local["r"], top_n=6, client=client)
     report = score(remote["f"], remote["x"], remote["r"], top_n=6, client=client, storage_options=s3)
