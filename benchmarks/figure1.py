@@ -459,15 +459,15 @@ def main() -> None:
             except MemoryBudgetError as e:  # e.g. gowalla on a small machine: record it, go on with the rest
                 log.error("%s skipped: %s", name, e)
                 results.setdefault("skipped", {})[name] = {"error": str(e), "command": command}
-                json_path.write_text(json.dumps(results, indent=2, default=_json_default))
+                json_path.write_text(json.dumps(results, separators=(",", ":"), default=_json_default))
                 continue
             results["datasets"][name] = d
             results.get("skipped", {}).pop(name, None)
-            json_path.write_text(json.dumps(results, indent=2, default=_json_default))
+            json_path.write_text(json.dumps(results, separators=(",", ":"), default=_json_default))
             write_markdown(results, args.out / "figure1.md", command)
             write_plot(results, args.out / "figure1.png")
             log.info("%s done in %.0f s; results in %s", name, d["seconds"]["total"], args.out)
-    json_path.write_text(json.dumps(results, indent=2, default=_json_default))
+    json_path.write_text(json.dumps(results, separators=(",", ":"), default=_json_default))
     write_markdown(results, args.out / "figure1.md", command)
     write_plot(results, args.out / "figure1.png")
     print((args.out / "figure1.md").read_text())
