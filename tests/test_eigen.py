@@ -273,8 +273,8 @@ def test_krylov_chunking_does_not_change_the_answer(chunks):
 
 
 def test_krylov_on_a_low_rank_operator(caplog):
-    # rank 9 = three blocks of 3: M·Q_3 lies in the basis, so the fourth block is rounding noise,
-    # which must be detected (at ‖M‖'s scale) and re-projected, or it spoils the orthonormal basis
+    # rank 9 = three blocks of 3: M·Q_3 lies in the basis, so the fourth block is rounding noise
+    # (~1e-14 of ‖M·Q_3‖ ~ 6); block Gram–Schmidt twice must still leave it orthogonal to the basis
     rng = np.random.default_rng(5)
     U, _ = np.linalg.qr(rng.standard_normal((90, 9)))
     lam = np.array([40.0, 30, 20, 10, 6, 4, 3, 2, 1])
@@ -282,7 +282,7 @@ def test_krylov_on_a_low_rank_operator(caplog):
     with caplog.at_level(logging.INFO, logger="edlae_dask.linalg"):
         r = krylov(M, 3, 30, n_oversamples=9, n_power_iter=3)
     assert r.block_size == 3
-    assert "(Krylov block 4): " in caplog.text and "noise block re-projected" in caplog.text
+    assert "(Krylov block 4): " in caplog.text
     np.testing.assert_allclose(r.eigenvalues, lam[:3], rtol=1e-10)
     V = r.eigenvectors.compute()
     np.testing.assert_allclose(V.T @ V, np.eye(3), atol=1e-10)
