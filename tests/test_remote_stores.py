@@ -269,17 +269,19 @@ def test_a_factor_version_without_its_marker_is_not_opened(s3, url):
         open_factors(f"{url}/f", w.version, storage_options=s3)
 
 
-def test_an_interaction_store_without_its_marker_is_not_opened_and_its_rerun_replaces_it(s3, url):
+def test_an_ingest_killed_before_its_publish_leaves_nothing_readable_and_its_rerun_needs_no_overwrite(s3, url):
     import zarr
 
     X = random_interactions(20, 8, 0.3, seed=3)
-    write_interactions(f"{url}/x.zarr", X, shard_size=10, storage_options=s3)
-    # what a writer killed before its last PUT leaves: everything but the marker
-    zarr.open_group(f"{url}/x.zarr", mode="r+", storage_options=s3).attrs["complete"] = False
-    with pytest.raises(StoreFormatError, match="incomplete interaction store"):
+    # what an ingest killed before its publish leaves: an attempt of its own, which CURRENT does not name
+    dead = zarr.open_group(f"{url}/x.zarr/attempts/20260101T000000000000Z-0000dead", mode="w", zarr_format=3,
+                           storage_options=s3)
+    dead.attrs.update(format="edlae-dask/interactions", format_version=1)
+    with pytest.raises(StoreFormatError, match="no interaction store is published .* yet"):
         open_interactions(f"{url}/x.zarr", storage_options=s3)
     store = write_interactions(f"{url}/x.zarr", X, shard_size=10, storage_options=s3)  # no overwrite needed
-    assert (store.to_scipy() != X).nnz == 0
+    assert (open_interactions(f"{url}/x.zarr", storage_options=s3).to_scipy() != X).nnz == 0
+    assert store.path == f"{url}/x.zarr"
 
 
 def test_a_pickled_array_on_s3_is_refused_unread(s3, url):

@@ -15,19 +15,28 @@ use them with the threaded scheduler only.)
 Object stores have no rename, so what is published there is made visible by one
 PUT of one small object (atomic per object in S3 and GCS): a completion marker
 written last, or a pointer naming a complete version. See each store's module.
+Nor do they have locks: a version or attempt that a pointer no longer names is
+deleted only once nothing has written to it for :data:`PRUNE_GRACE_S`, as told
+by the modification times in the backend's listing (:meth:`Location.idle_for`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from edlae_dask.errors import ParameterError, StoreFormatError
 
-__all__ = ["Location", "is_url", "location", "parse_storage_options"]
+__all__ = ["Location", "bad_pointer", "group_attrs", "is_url", "location", "parse_storage_options", "read_pointer"]
+
+# Under a URL a version or write attempt that anything wrote to more recently than this is never
+# pruned: a run may still be writing it (longer than any one shard takes to score or to ingest)
+PRUNE_GRACE_S = 3600.0
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -178,6 +187,84 @@ class Location:
             pass
         fs.invalidate_cache(path)
 
+    def last_modified(self) -> float | None:
+        """Newest modification time (POSIX seconds) of anything at or under this location.
+
+        Under a URL one listing (``find`` with details; paginated by the backend).
+        None when there is nothing here, or when the backend reports no time for
+        some object: callers that delete what is "old" must then leave it alone.
+        """
+        if self.is_local:
+            times = []
+            for folder, _, files in os.walk(self.url):
+                times += [os.lstat(os.path.join(folder, f)).st_mtime for f in files]
+            if os.path.isfile(self.url):
+                times.append(os.lstat(self.url).st_mtime)
+            return max(times) if times else None
+        fs, path = self._fs()
+        fs.invalidate_cache(path)
+        try:
+            found = fs.find(path, detail=True)
+        except FileNotFoundError:
+            return None
+        times = [_mtime(info) for info in found.values()]
+        return None if not times or None in times else max(times)
+
+    def idle_for(self, seconds: float) -> bool:
+        """Whether nothing at or under this location was written for ``seconds`` (False if that is not known)."""
+        modified = self.last_modified()
+        return modified is not None and time.time() - modified >= seconds
+
+
+# where fsspec backends put an object's modification time: local and gcsfs "mtime", s3fs
+# "LastModified", adlfs "last_modified", gcsfs "updated", memory:// "created" (written whole, never in place)
+_MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
+def _mtime(info: dict) -> float | None:
+    """An fsspec listing entry's modification time in POSIX seconds, or None if it has none."""
+    for key in _MTIME_KEYS:
+        value = info.get(key)
+        if isinstance(value, _dt.datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)).timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)).timestamp()
+    return None
+
+
+def group_attrs(path) -> dict | None:
+    """Attributes of the zarr v3 group at ``path`` (a path, URL or Location), or None if there is no group."""
+    try:
+        return dict(location(path).open_group("r").attrs)
+    except Exception:  # zarr raises several types for "no group here" (and for unreadable metadata)
+        return None
+
+
+def read_pointer(root: Location, name: str, *, valid: Callable[[str], bool], what: str) -> str | None:
+    """The name held by the pointer object ``root/name`` (one GET); None if there is no pointer.
+
+    ``what`` says what the name must be in the error (``"a factor version"``).
+
+    Raises
+    ------
+    StoreFormatError
+        The pointer holds something ``valid`` rejects (see :func:`bad_pointer`).
+    """
+    where = root.join(name)
+    data = where.read_bytes()
+    if data is None:
+        return None
+    text = data.decode("utf-8", "replace").strip()
+    if not valid(text):
+        raise bad_pointer(str(where), text, what)
+    return text
+
 
 def location(path, storage_options: Mapping | None = None) -> Location:
     """The :class:`Location` of a local path (made absolute), ``file://`` URL or fsspec URL.
@@ -229,8 +316,8 @@ def parse_storage_options(text) -> dict | None:
 
 
 def bad_pointer(where: str, found: str, what: str) -> StoreFormatError:
-    """The error for a pointer object whose content is not a version name."""
+    """The error for a pointer object whose content is not the name of ``what`` (e.g. "a factor version")."""
     return StoreFormatError(
-        f"{where} holds {found[:60]!r}, not the name of a {what} version: it was not written by edlae-dask "
+        f"{where} holds {found[:60]!r}, not the name of {what}: it was not written by edlae-dask "
         "or was tampered with. Publish again (it is rewritten), or remove it yourself"
     )

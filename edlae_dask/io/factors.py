@@ -44,7 +44,7 @@ import zarr
 from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io._atomic import fsync_dir
-from edlae_dask.io._fs import Location, bad_pointer, location
+from edlae_dask.io._fs import Location, group_attrs, location, read_pointer
 from edlae_dask.io._plain import check_plain_array, get_node
 
 FORMAT_NAME = "edlae-dask/factors"
@@ -69,13 +69,7 @@ def _new_version_name() -> str:
 
 def _read_latest(root: Location) -> str | None:
     """The version ``LATEST`` names (None if there is no LATEST); a malformed one is a StoreFormatError."""
-    data = root.join(_LATEST).read_bytes()
-    if data is None:
-        return None
-    name = data.decode("utf-8", "replace").strip()
-    if not _is_version_name(name):
-        raise bad_pointer(f"{root.join(_LATEST)}", name, "factor")
-    return name
+    return read_pointer(root, _LATEST, valid=_is_version_name, what="a factor version")
 
 
 def _is_version_name(name: str) -> bool:
@@ -203,10 +197,8 @@ class FactorWriter:
                 self.location.join(_VERSIONS, old).remove()
 
     def _is_complete(self, version: str) -> bool:
-        try:
-            return self.location.join(_VERSIONS, version).open_group("r").attrs.get("complete") is True
-        except Exception:  # zarr raises several types for "not a group here": a remnant, not complete
-            return False
+        # not a group at all: a remnant, not complete
+        return (group_attrs(self.location.join(_VERSIONS, version)) or {}).get("complete") is True
 
     def __enter__(self):
         return self

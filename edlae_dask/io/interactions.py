@@ -16,10 +16,25 @@ group in a local directory, or under an fsspec URL: :mod:`edlae_dask.io._fs`)::
 
 A store is marked complete last, and a store without that marker is never read.
 In a local directory it is written under a temporary sibling name and renamed into
-place, so a reader finds a complete store or none. Under a URL (object storage has
-no rename) it is written in place, its ``complete`` attribute last; replacing a
-store there first unmarks the old one (one PUT of the group's ``zarr.json``), so a
-reader meanwhile gets a clear "incomplete store" error, never a mix.
+place, so a reader finds a complete store or none.
+
+Under a URL (object storage has no rename) each ingest writes an attempt of its own
+and then switches a pointer::
+
+    STORE/
+      CURRENT                  the name of the published attempt (one small object)
+      attempts/<attempt>/      one ingest's store, laid out as above, ``complete`` last
+
+Publishing is one PUT of ``CURRENT`` (atomic per object in S3 and GCS), after the
+attempt is complete: a reader sees the previous complete store until then, and
+two ingests at once never write into one prefix; the later publish wins. After
+the switch, attempts other than the new one and the one it replaced (a reader that
+read the old ``CURRENT`` may still be reading it) are pruned once nothing has
+written to them for an hour (``_fs.PRUNE_GRACE_S``): a killed ingest's attempt
+goes then, a running one's stays. A reader opens the group at ``STORE`` itself if
+there is one (a store written in place by an edlae-dask from before attempts, or an
+attempt's own URL), else the attempt ``CURRENT`` names; publishing over a store of
+the old layout removes it just after the switch.
 """
 
 from __future__ import annotations
@@ -27,6 +42,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
+import re
+import secrets
 import shutil
 import uuid
 import warnings
@@ -37,8 +54,9 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 
+from edlae_dask.io import _fs
 from edlae_dask.io._atomic import replace_dir
-from edlae_dask.io._fs import Location, location
+from edlae_dask.io._fs import Location, group_attrs, location, read_pointer
 from edlae_dask.io._plain import check_plain_array
 from edlae_dask._version import __version__
 from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError, StoreFormatError
@@ -62,6 +80,10 @@ _REQUIRED_INT_ATTRS = ("n_users", "n_items", "nnz", "n_shards", "shard_size")
 _SHARD_DTYPES = {"indptr": np.dtype("<i8"), "indices": np.dtype("<i4"), "values": np.dtype("<f4")}
 # id arrays are chunked so one chunk stays a few MB whatever the catalogue size
 _ID_CHUNK = 1 << 18
+# under a URL
+_CURRENT = "CURRENT"
+_ATTEMPTS = "attempts"
+_ATTEMPT_NAME = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")  # UTC time to the microsecond, then random
 
 try:  # zarr marks fixed-width unicode as "no v3 spec yet"; we accept that, see _write_1d
     from zarr.errors import UnstableSpecificationWarning as _UnstableSpecWarning
@@ -169,6 +191,10 @@ class InteractionStore:
         All group attributes, including ``source`` (how the store was made).
     storage_options : dict or None
         fsspec options of a URL store (never shown: it may hold secrets).
+    data_path : str or None
+        Under a URL, where the arrays are: the attempt ``CURRENT`` named when the
+        store was opened (None: at ``path`` itself). Tasks read shards there, so an
+        ingest publishing meanwhile cannot give one job two stores.
     """
 
     path: str
@@ -179,11 +205,12 @@ class InteractionStore:
     fingerprint: str
     attrs: dict = field(repr=False, compare=False, hash=False)
     storage_options: dict | None = field(default=None, repr=False, compare=False, hash=False)
+    data_path: str | None = field(default=None, repr=False, compare=False, hash=False)
 
     @property
     def location(self) -> Location:
-        """The store's URL and storage options: pass this (not ``path``) to tasks that read shards."""
-        return Location(self.path, self.storage_options)
+        """Where the arrays are, with the storage options: pass this (not ``path``) to tasks that read shards."""
+        return Location(self.data_path or self.path, self.storage_options)
 
     @property
     def n_shards(self) -> int:
@@ -217,7 +244,7 @@ class InteractionStore:
         return sp.vstack(shards, format="csr", dtype=np.float32)
 
     def _read_1d(self, name: str, length: int) -> np.ndarray:
-        arr = _get_array(_open_group(self.location), name, self.path)
+        arr = _get_array(_open_store(self.location)[0], name, self.path)
         _check_no_object_dtype(arr, name, self.path)
         out = arr[:]
         if out.shape != (length,):
@@ -250,8 +277,13 @@ def open_interactions(path, *, storage_options=None) -> InteractionStore:
         path and what to do.
     """
     loc = location(path, storage_options)
+    root, data = _open_store(loc)
+    return _validated(loc, root, data)
+
+
+def _validated(loc: Location, root, data: Location) -> InteractionStore:
+    """The store ``loc`` whose group ``root`` is at ``data``, checked."""
     path = loc.url
-    root = _open_group(loc)
     attrs = _check_attrs(dict(root.attrs), path)
     offsets = _check_offsets(root, attrs, path)
     lengths = {"user_ids": attrs["n_users"], "item_ids": attrs["n_items"], "item_counts": attrs["n_items"]}
@@ -272,6 +304,7 @@ def open_interactions(path, *, storage_options=None) -> InteractionStore:
         fingerprint=attrs["fingerprint"],
         attrs=attrs,
         storage_options=loc.storage_options,
+        data_path=None if data.url == path else data.url,
     )
 
 
@@ -302,7 +335,7 @@ def read_shard(path, s: int, *, storage_options=None) -> sp.csr_matrix:
     """
     loc = location(path, storage_options)
     path = loc.url
-    root = _open_group(loc)
+    root, _ = _open_store(loc)
     attrs = _check_attrs(dict(root.attrs), path)
     offsets = _get_array(root, "shard_offsets", path)[:]
     n_shards = offsets.shape[0] - 1
@@ -331,7 +364,8 @@ def read_shard(path, s: int, *, storage_options=None) -> sp.csr_matrix:
     return sp.csr_matrix((values, indices, indptr), shape=(n_rows, attrs["n_items"]))
 
 
-def _open_group(loc: Location):
+def _open_store(loc: Location) -> tuple[zarr.Group, Location]:
+    """The store's zarr group and where it is: ``loc``, or under a URL the attempt ``CURRENT`` names."""
     path = loc.url
     missing = StoreFormatError(
         f"no interaction store at {path}: the path does not exist. Create one with "
@@ -340,14 +374,39 @@ def _open_group(loc: Location):
     if loc.is_local and not os.path.exists(path):
         raise missing
     try:
-        return loc.open_group("r")
+        # under a URL: an attempt's own URL, or a store written in place before attempts existed
+        return loc.open_group("r"), loc
     except Exception as exc:  # zarr raises several types (GroupNotFoundError, ContainsArrayError, JSON errors)
-        if not loc.is_local and not loc.exists():
-            raise missing from exc
-        raise StoreFormatError(
-            f"{path} is not a zarr v3 group, so not an interaction store ({type(exc).__name__}: {exc}). "
-            "Pass the directory written by `edlae-dask ingest`, or re-ingest the data"
-        ) from exc
+        failure = exc
+    attempt = None if loc.is_local else _current_attempt(loc)
+    if attempt is not None:
+        try:
+            return attempt.open_group("r"), attempt
+        except Exception as exc:
+            raise StoreFormatError(
+                f"{path}/{_CURRENT} names the attempt {attempt.url}, which is not a zarr v3 group "
+                f"({type(exc).__name__}: {exc}): the store is damaged. Ingest again with --overwrite"
+            ) from exc
+    if not loc.is_local:
+        names = set(loc.children())
+        if not names and not loc.exists():
+            raise missing from failure
+        if names == {_ATTEMPTS}:
+            raise StoreFormatError(
+                f"no interaction store is published at {path} yet: an ingest into it is still running or was "
+                f"interrupted (its partial work is under {path}/{_ATTEMPTS}/). Wait for it, or run the ingest "
+                "again (no --overwrite needed)"
+            ) from failure
+    raise StoreFormatError(
+        f"{path} is not a zarr v3 group, so not an interaction store ({type(failure).__name__}: {failure}). "
+        "Pass the directory written by `edlae-dask ingest`, or re-ingest the data"
+    ) from failure
+
+
+def _current_attempt(root: Location) -> Location | None:
+    """The attempt ``CURRENT`` names under a URL root (None if there is no ``CURRENT``)."""
+    name = read_pointer(root, _CURRENT, valid=lambda text: bool(_ATTEMPT_NAME.match(text)), what="an ingest attempt")
+    return None if name is None else root.join(_ATTEMPTS, name)
 
 
 def _check_attrs(attrs: dict, path: str) -> dict:
@@ -435,8 +494,9 @@ def _check_no_object_dtype(arr, name: str, path: str) -> None:
 def check_output_path(path, *, overwrite: bool, storage_options=None) -> str:
     """Fail early if ``path`` may not be written; return its absolute form (or its URL).
 
-    An incomplete interaction store under a URL (what a killed writer leaves there)
-    is replaced without ``overwrite``: nothing was published in it.
+    Under a URL where nothing is published yet (only the attempts of ingests that
+    were killed or are running, or an old-layout store without its ``complete``
+    marker) no ``overwrite`` is needed.
 
     Raises
     ------
@@ -449,38 +509,41 @@ def check_output_path(path, *, overwrite: bool, storage_options=None) -> str:
     if loc.is_local:
         exists = os.path.lexists(path)
     else:
-        exists = loc.exists()
-        attrs = _attrs_or_none(loc) if exists else None
-        if attrs is not None and attrs.get("format") == FORMAT_NAME and attrs.get("complete") is not True:
+        state = _url_state(loc)
+        if state == "unpublished":
             return path
+        exists = state != "absent"
     if exists:
         if not overwrite:
             raise OutputExistsError(
                 f"{path} already exists; pass overwrite=True / --overwrite to replace it, or choose another path"
             )
-        _check_replaceable(loc)
+        if not (_replaceable_dir(path) if loc.is_local else state == "published"):
+            raise OutputExistsError(
+                f"refusing to overwrite {path}: it is not an edlae-dask interaction store or an empty directory, "
+                "and overwrite only ever replaces those. Remove it yourself or choose another path"
+            )
     return path
 
 
-def _attrs_or_none(loc: Location) -> dict | None:
-    try:
-        return dict(loc.open_group("r").attrs)
-    except Exception:  # not a zarr group at all
-        return None
+def _replaceable_dir(path: str) -> bool:
+    """A local directory that is empty or holds an interaction store."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    return not os.listdir(path) or (group_attrs(path) or {}).get("format") == FORMAT_NAME
 
 
-def _check_replaceable(loc: Location) -> None:
-    path = loc.url
-    if not loc.is_local or (os.path.isdir(path) and not os.path.islink(path)):
-        if not loc.children():
-            return
-        found = (_attrs_or_none(loc) or {}).get("format")
-        if found == FORMAT_NAME:
-            return
-    raise OutputExistsError(
-        f"refusing to overwrite {path}: it is not an edlae-dask interaction store or an empty directory, "
-        "and overwrite only ever replaces those. Remove it yourself or choose another path"
-    )
+def _url_state(loc: Location) -> str:
+    """What is under a URL: "absent", "unpublished" (nothing readable yet), "published" or "foreign"."""
+    names = set(loc.children())
+    if not names:
+        return "absent"
+    if _CURRENT in names:
+        return "published"  # a malformed CURRENT included: publishing rewrites it
+    attrs = group_attrs(loc) if "zarr.json" in names else None
+    if attrs is not None and attrs.get("format") == FORMAT_NAME:  # written in place, before attempts
+        return "published" if attrs.get("complete") is True else "unpublished"
+    return "unpublished" if names == {_ATTEMPTS} else "foreign"
 
 
 def write_interactions(
@@ -591,8 +654,9 @@ def write_interactions_from_shards(
     Written to ``{parent}/.{name}.tmp-{uuid}``, marked complete last, then moved
     into place with ``os.rename``; on any exception (including one raised by the
     ``shards`` iterator) the temporary directory is removed and nothing is
-    published. Under a URL the store is written in place, marked complete last
-    (see the module docstring). Memory: one shard plus the id arrays.
+    published. Under a URL the store is written as a new attempt, marked complete
+    last, and published by switching ``CURRENT`` to it (see the module docstring).
+    Memory: one shard plus the id arrays.
     """
     target = check_output_path(path, overwrite=overwrite, storage_options=storage_options)
     shard_size = _check_shard_size(shard_size)
@@ -604,13 +668,16 @@ def write_interactions_from_shards(
         raise InputDataError("the matrix has no users; nothing to store")
     loc = location(target, storage_options)
     if not loc.is_local:
-        _unpublish(loc)
+        attempt = loc.join(_ATTEMPTS, _new_attempt_name())
         try:
-            _write_store(loc, iter(shards), int(n_items), user_ids, item_ids, shard_size, source or {})
+            _write_store(attempt, iter(shards), int(n_items), user_ids, item_ids, shard_size, source or {})
+            # re-check just before publishing: another ingest may have published meanwhile
+            check_output_path(loc, overwrite=overwrite)
         except BaseException:
-            loc.remove()
+            attempt.remove()
             raise
-        return open_interactions(loc)
+        _publish_attempt(loc, attempt)
+        return _validated(loc, attempt.open_group("r"), attempt)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
@@ -623,14 +690,28 @@ def write_interactions_from_shards(
     return open_interactions(target)
 
 
-def _unpublish(loc: Location) -> None:
-    """Make an existing store at a URL unreadable (one PUT: its marker goes), then delete it."""
-    if not loc.exists():
-        return
-    attrs = _attrs_or_none(loc)
-    if attrs is not None and attrs.get("complete") is True:
-        loc.open_group("r+").attrs["complete"] = False
-    loc.remove()
+def _new_attempt_name() -> str:
+    return f"{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(4)}"
+
+
+def _publish_attempt(root: Location, attempt: Location) -> None:
+    """Make the complete ``attempt`` the store at the URL ``root`` (one PUT), then delete what it replaced."""
+    try:
+        previous = _current_attempt(root)
+    except StoreFormatError:  # a malformed CURRENT: rewritten now
+        previous = None
+    in_place = (group_attrs(root) or {}).get("format") == FORMAT_NAME  # a store of the layout before attempts
+    root.join(_CURRENT).write_bytes((attempt.name + "\n").encode())  # one PUT: the switch
+    if in_place:
+        root.join("zarr.json").remove()  # first: from now on readers follow CURRENT
+        for name in set(root.children()) - {_CURRENT, _ATTEMPTS}:
+            root.join(name).remove()
+    keep = {attempt.name, previous.name if previous is not None else None}
+    for name in root.join(_ATTEMPTS).children():
+        old = root.join(_ATTEMPTS, name)
+        # an attempt written to within the grace period may be another ingest's, still running
+        if name not in keep and old.idle_for(_fs.PRUNE_GRACE_S):
+            old.remove()
 
 
 def _check_shard_size(shard_size) -> int:

@@ -65,10 +65,15 @@ A version is named by its scoring token, so every run with the same inputs works
 on the same version (and resumes a killed one). Publishing is one PUT of
 ``LATEST`` once every shard of the version is done; readers read ``LATEST``, open
 that version and read each shard's rows from the run its marker names. After
-``LATEST`` moved, versions other than the new one and the one it replaced are
-pruned if they were made before the new one (a run still writing one made later
-is left alone), so a reader that read the old ``LATEST`` can finish. A rerun with
-nothing new reads ``LATEST``, finds every marker, and writes nothing.
+``LATEST`` moved, versions other than the new one and the one it replaced (so a
+reader that read the old ``LATEST`` can finish) are pruned if they were made
+before the new one and nothing wrote to them for an hour (``_fs.PRUNE_GRACE_S``):
+a run still writing one, for other inputs or resumed, is left alone, and so is
+every version on a backend whose listings carry no modification times. A marker
+counts only while the rows of its run exist, so should a version be pruned under
+a run anyway, the markers that run writes afterwards are ignored and the next run
+with its inputs scores those shards again. A rerun with nothing new reads
+``LATEST``, finds every marker, and writes nothing.
 
 Two runs at once under a URL take no lock; instead nothing they write can mix.
 Each run writes its rows under its own run id (``runs/<run>/``), and only then the
@@ -104,8 +109,9 @@ import zarr
 
 from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
+from edlae_dask.io import _fs
 from edlae_dask.io._atomic import replace_dir
-from edlae_dask.io._fs import Location, bad_pointer, location
+from edlae_dask.io._fs import Location, group_attrs, location, read_pointer
 from edlae_dask.io._plain import check_plain_array, get_node
 
 __all__ = [
@@ -244,23 +250,11 @@ def staging_path(target: str, token: str) -> str:
     return os.path.join(parent, f".{name}{_STAGING}{token[:16]}")
 
 
-def _read_attrs(path) -> dict | None:
-    """Group attributes of a zarr v3 group at ``path`` (a path or Location), or None if it is not one."""
-    try:
-        return dict(location(path).open_group("r").attrs)
-    except Exception:  # zarr raises several types for "no group here"
-        return None
-
-
 def _latest_version(root: Location) -> Location | None:
     """The version ``LATEST`` names under a URL root (None if there is none)."""
-    data = root.join(_LATEST).read_bytes()
-    if data is None:
-        return None
-    name = data.decode("utf-8", "replace").strip()
-    if not _VERSION_NAME.match(name):
-        raise bad_pointer(str(root.join(_LATEST)), name, "recommendations")
-    return root.join(_VERSIONS, name)
+    name = read_pointer(root, _LATEST, valid=lambda text: bool(_VERSION_NAME.match(text)),
+                        what="a recommendations version")
+    return None if name is None else root.join(_VERSIONS, name)
 
 
 def _check_ours(path: str, attrs: dict | None, *, what: str) -> dict:
@@ -326,7 +320,7 @@ def prepare_output(out, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarra
     work = staging_path(target, token)
     _remove_stale_staging(target, keep=work)
     if os.path.lexists(work):
-        attrs = _read_attrs(work)
+        attrs = group_attrs(work)
         if attrs is not None and attrs.get("format") == FORMAT_NAME and attrs.get("scoring_token") == token:
             return Location(work), False
         shutil.rmtree(work, ignore_errors=True)  # a half-created staging store: start it again
@@ -339,10 +333,10 @@ def _prepare_version(root: Location, *, meta: dict, user_ids, item_ids) -> tuple
     """:func:`prepare_output` under a URL: the version of this token (no lock; see the module docstring)."""
     token = meta["scoring_token"]
     latest = _classify_url_output(root)
-    if latest is not None and (_read_attrs(latest) or {}).get("scoring_token") == token:
+    if latest is not None and (group_attrs(latest) or {}).get("scoring_token") == token:
         return latest, True
     work = root.join(_VERSIONS, token[:16])
-    attrs = _read_attrs(work)
+    attrs = group_attrs(work)
     if attrs is not None and attrs.get("format") == FORMAT_NAME and attrs.get("scoring_token") == token:
         return work, False  # resume it (or join a run working on it now)
     create_store(work, meta=meta, user_ids=user_ids, item_ids=item_ids)
@@ -353,7 +347,7 @@ def _classify_url_output(root: Location) -> Location | None:
     """The published version under a URL root, None if nothing is published; raise if ``root`` is not ours."""
     latest = _latest_version(root)
     if latest is not None:
-        _check_ours(latest.url, _read_attrs(latest), what="published version")
+        _check_ours(latest.url, group_attrs(latest), what="published version")
         return latest
     if set(root.children()) - {_VERSIONS, _LATEST}:  # LATEST: another run may have just published
         raise OutputExistsError(
@@ -370,7 +364,7 @@ def _classify_output(target: str) -> dict | None:
     if os.path.isdir(target) and not os.path.islink(target):
         if not os.listdir(target):
             return None
-        attrs = _read_attrs(target)
+        attrs = group_attrs(target)
         if attrs is not None and attrs.get("format") == FORMAT_NAME:
             return _check_ours(target, attrs, what="output path")
     raise OutputExistsError(
@@ -387,7 +381,7 @@ def _remove_stale_staging(target: str, *, keep: str) -> None:
     for entry in os.listdir(parent):
         path = os.path.join(parent, entry)
         if entry.startswith(prefix) and path != keep:
-            attrs = _read_attrs(path)
+            attrs = group_attrs(path)
             if attrs is None or attrs.get("format") == FORMAT_NAME:  # never touch what is not ours
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -506,7 +500,7 @@ def carry_over(previous, work, *, shards, marker: dict) -> list[int]:
         prev = _latest_version(prev)
     elif not os.path.isdir(prev.url):
         prev = None
-    attrs = _read_attrs(prev) if prev is not None else None
+    attrs = group_attrs(prev) if prev is not None else None
     if attrs is None or attrs.get("format") != FORMAT_NAME or attrs.get("format_version") != FORMAT_VERSION:
         return []
     meta = dict(location(work).open_group("r").attrs)
@@ -573,11 +567,37 @@ def _done_markers(path, meta: dict) -> dict[int, dict]:
             and (run is None if loc.is_local else isinstance(run, str) and bool(_RUN_NAME.match(run)))
         ):
             done[s] = attrs
+    if not loc.is_local:
+        whole = _runs_with_rows(loc, {m["run"] for m in done.values()}, (int(meta["n_users"]), int(meta["top_n"])))
+        done = {s: m for s, m in done.items() if m["run"] in whole}
     return done
 
 
+def _runs_with_rows(loc: Location, runs: set, shape: tuple[int, int]) -> set:
+    """Those of ``runs`` whose ``items`` and ``scores`` arrays exist under ``loc`` with ``shape`` (one request).
+
+    A marker may outlive its run's rows: a publish that pruned this version while
+    the run still wrote deletes what it listed, not the markers written after. Such
+    a marker must not count, so that a rerun scores its shard again.
+    """
+    metas = {run: [loc.join(_RUNS, run, name, "zarr.json") for name in ("items", "scores")] for run in sorted(runs)}
+    found = loc.read_many([m for pair in metas.values() for m in pair])
+    whole = set()
+    for run, pair in metas.items():
+        try:
+            docs = [json.loads(found[str(m)]) for m in pair]
+        except (KeyError, ValueError):
+            continue
+        if all(isinstance(d, dict) and d.get("node_type") == "array" and d.get("shape") == list(shape) for d in docs):
+            whole.add(run)
+    return whole
+
+
 def done_shards(path, meta: dict | None = None) -> list[int]:
-    """Shards of the store at ``path`` whose markers exist and match its attributes, ascending."""
+    """Shards of the store at ``path`` whose markers exist and match its attributes, ascending.
+
+    Under a URL a marker counts only if the rows of the run it names exist (see :func:`_runs_with_rows`).
+    """
     loc = location(path)
     meta = meta if meta is not None else dict(loc.open_group("r").attrs)
     return sorted(_done_markers(loc, meta))
@@ -589,7 +609,8 @@ def publish(work, out) -> None:
     Locally, two renames: ``out`` is moved aside, ``work`` moved into place, the
     old one removed. A reader opening ``out`` between the two renames finds
     nothing (an error, never a mix of versions). Under a URL, one PUT of
-    ``LATEST`` naming the version ``work``, then the pruning of older versions.
+    ``LATEST`` naming the version ``work``, then the pruning of older versions
+    that nothing has written to for ``_fs.PRUNE_GRACE_S`` seconds (an hour).
     """
     work, root = location(work), location(out)
     if work.is_local:
@@ -599,20 +620,26 @@ def publish(work, out) -> None:
     previous = _classify_url_output(root)
     root.join(_LATEST).write_bytes((work.name + "\n").encode())  # one PUT: the switch
     _prune_versions(root, keep={work.name, previous.name if previous is not None else None},
-                    before=(_read_attrs(work) or {}).get("created", ""))
+                    before=(group_attrs(work) or {}).get("created", ""),
+                    grace_s=_fs.PRUNE_GRACE_S)
 
 
-def _prune_versions(root: Location, *, keep: set, before: str) -> None:
-    """Delete the versions under ``root`` not in ``keep`` that were created before ``before`` (ISO time)."""
+def _prune_versions(root: Location, *, keep: set, before: str, grace_s: float) -> None:
+    """Delete the versions under ``root`` not in ``keep`` made before ``before`` (ISO time) and idle for ``grace_s``."""
     for name in root.join(_VERSIONS).children():
         if name in keep:
             continue
         version = root.join(_VERSIONS, name)
-        attrs = _read_attrs(version)
+        attrs = group_attrs(version)
         created = (attrs or {}).get("created")
         # a version a concurrent run created after ours is left alone (and one without
         # attributes, which may be being created right now)
-        if attrs is not None and attrs.get("format") == FORMAT_NAME and isinstance(created, str) and created < before:
+        if attrs is None or attrs.get("format") != FORMAT_NAME or not isinstance(created, str) or created >= before:
+            continue
+        # one made earlier may still be written: by a run for other inputs that started before ours, or a
+        # resumed old run. Deleting under it would leave markers without their rows, so recent writes (or
+        # a backend that reports no times) keep it until a later publish
+        if version.idle_for(grace_s):
             version.remove()
 
 
