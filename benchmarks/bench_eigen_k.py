@@ -234,7 +234,11 @@ def defaults(args, M, w, trace) -> list[dict]:
     n2 = n * n * M.dtype.itemsize
     rows = []
     for k in args.ks:
-        rules = [("new", dict(method=None))] + ([("old", OLD_RULE)] if k in args.old else [])
+        rules = [("new", dict(method=None))] if not args.no_default else []
+        rules += [("old", OLD_RULE)] if k in args.old else []
+        b = -(-k // 4)  # blocks of ceil(k / 4) columns, the default's width
+        rules += [(f"krylov {nb} x k/4", dict(method="krylov", n_power_iter=nb - 1, n_oversamples=nb * b - k))
+                  for nb in args.krylov_blocks]
         if k in args.old_code:
             rules.append((f"old code ({args.old_code_rev})", dict(OLD_RULE, method=None, code_rev=args.old_code_rev)))
         for rule, kw in rules:
@@ -427,6 +431,9 @@ def main(argv=None) -> int:
                     help="defaults: the ks at which the solver as committed at --old-code-rev is timed too")
     ap.add_argument("--old-code-rev", default="5b50a26",
                     help="defaults: a git revision before this change (5b50a26: the solver of the first Table 1)")
+    ap.add_argument("--krylov-blocks", type=int, nargs="*", default=[],
+                    help="defaults: also Krylov with this many blocks of ceil(k / 4) columns, for each k")
+    ap.add_argument("--no-default", action="store_true", help="defaults: skip the default rule's run")
     ap.add_argument("--datasets", nargs="+", default=["ml-1m-diffrec-clean"], help="ndcg: data sets")
     ap.add_argument("--lam", type=float, default=200.0, help="ndcg: λ (figure1's choice at k = 100 on ml-1m)")
     ap.add_argument("--p", type=float, default=0.2, help="ndcg: dropout p")

@@ -196,6 +196,26 @@ def test_orthonormalize_gives_an_orthonormal_Q_with_QR_equal_to_Y(rank_deficient
     assert np.allclose(R, np.triu(R))
 
 
+@pytest.mark.parametrize("rank_deficient", [False, True])
+def test_orthonormalize_of_a_lazy_panel_on_the_cluster(client, rank_deficient):
+    # Y is a graph (as M·Q is in the solver): its Cholesky steps run as tasks on the workers, and a
+    # failed one (YᵀY singular: a zero column) comes back as LinAlgError, answered by TSQR
+    from edlae_dask.linalg.eigen import _orthonormalize
+
+    rng = np.random.default_rng(4)
+    A, B = rng.standard_normal((90, 30)), rng.standard_normal((30, 12))
+    if rank_deficient:
+        B[:, 7] = 0.0
+    Y = da.from_array(A, chunks=(25, 30)) @ da.from_array(B, chunks=(30, 12))
+    extra = da.from_array(B.T @ B, chunks=(12, 12))
+    Q, R, E = _orthonormalize(Y, also=(extra,))
+    Q = Q.compute()
+    np.testing.assert_allclose(Q @ R, A @ B, atol=1e-10)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(12), atol=1e-10)
+    assert np.allclose(R, np.triu(R))
+    np.testing.assert_allclose(E, B.T @ B)
+
+
 # --------------------------------------------------------------------------- block Krylov
 # Oracle: numpy.linalg.eigh. With decay 0.7, k = 8 and a basis of 4 blocks of 8 columns
 # (n_oversamples = 24, q = 3) spanning MΩ … M⁴Ω, the Krylov space holds every degree-4
@@ -316,6 +336,24 @@ def test_default_method_switches_to_krylov_at_large_k(monkeypatch):
     r = solve(M, 12, 50, n_oversamples=None, n_power_iter=None)
     assert r.method == "krylov"
     assert r.n_oversamples >= eigen.default_n_oversamples(12) and r.n_power_iter == eigen.default_n_power_iter(12)
+
+
+def test_default_krylov_rule_takes_10_blocks_where_3k_exceeds_half_of_n(monkeypatch):
+    # 12 blocks of ceil(k/4) (a 3k space) while 3k <= n/2; beyond, 10 blocks (2.5k): the dense
+    # Rayleigh–Ritz eigh (~d³ on the client) is what large k pays for
+    from edlae_dask.linalg import eigen
+
+    assert eigen.default_n_power_iter(1000, "krylov", n=20_108) == 11
+    assert eigen.default_n_oversamples(1000, "krylov", n=20_108) == 2000
+    assert eigen.default_n_power_iter(5000, "krylov", n=20_108) == 9
+    assert eigen.default_n_oversamples(5000, "krylov", n=20_108) == 10 * 1250 - 5000
+    monkeypatch.setattr(eigen, "KRYLOV_MIN_K", 12)
+    M, lam, U = psd(100, decay=0.9, seed=15)  # 6k = 120 > n = 100
+    r = solve(M, 20, 25, n_oversamples=None, n_power_iter=None)
+    assert r.method == "krylov" and r.block_size == 5 and r.n_matvecs == 11 and r.n_oversamples == 30
+    w, Uo = np.linalg.eigh(M)
+    np.testing.assert_allclose(r.eigenvalues, w[::-1][:20], rtol=1e-6)
+    assert subspace_distance(r.eigenvectors.compute(), Uo[:, ::-1][:, :20]) < 1e-3  # gap λ₂₁/λ₂₀ = 0.9
 
 
 def test_unknown_method_is_rejected():

@@ -15,6 +15,7 @@ itself is never formed here: the caller passes ``apply_m`` (e.g.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -90,6 +91,13 @@ KRYLOV_MIN_K = 500
 #: Default Krylov rule: q + 1 = 12 blocks of ceil(k / 4) columns, a Rayleigh–Ritz space of 3k.
 KRYLOV_N_POWER_ITER = 11
 KRYLOV_OVERSAMPLE_FRACTION = 2.0
+#: ... but 10 blocks (2.5k) where 3k > n / 2 (k > n / 6). There the Rayleigh–Ritz step, a dense
+#: float64 eigh of the 3k × 3k projected matrix on the client (~d³, memory-bound tridiagonalization),
+#: outweighs the passes over M: at k = 5,000 of n = 20,108 it took 1,046 of Table 1's 1,707 s. Measured
+#: there (bench_eigen_k.py defaults --krylov-blocks): 12 blocks 3e-7 excess, 8 blocks 5.6e-3 (fails);
+#: 10 blocks, between them at ~12× per block, is expected near 1e-4 and costs (2.5/3)³ ≈ 0.58 of the
+#: 12-block Rayleigh–Ritz (benchmarks/bench_table1.py records the excess it reaches).
+KRYLOV_LARGE_K_BLOCKS = 10
 
 
 def default_method(k: int) -> str:
@@ -97,22 +105,33 @@ def default_method(k: int) -> str:
     return "subspace" if k < KRYLOV_MIN_K else "krylov"
 
 
-def default_n_oversamples(k: int, method: str | None = None) -> int:
+def _krylov_blocks(k: int, n: int | None) -> int:
+    """Blocks of the default Krylov rule: 12, or :data:`KRYLOV_LARGE_K_BLOCKS` where 3k > n / 2."""
+    if n is not None and 6 * int(k) > int(n):
+        return KRYLOV_LARGE_K_BLOCKS
+    return KRYLOV_N_POWER_ITER + 1
+
+
+def default_n_oversamples(k: int, method: str | None = None, n: int | None = None) -> int:
     """Default oversampling p for rank ``k`` (Rayleigh–Ritz on ``k + p`` dimensions).
 
     Subspace method: ``max(50, k)`` (l = 2k from k = 50). Krylov: ``2k`` (a 3k-dimensional
-    space of 12 blocks of ``ceil(k / 4)`` columns with :func:`default_n_power_iter`).
+    space of 12 blocks of ``ceil(k / 4)`` columns with :func:`default_n_power_iter`), or
+    ``1.5k`` (10 blocks) when ``n`` is given and k > n / 6 (see :data:`KRYLOV_LARGE_K_BLOCKS`).
     """
     method = default_method(k) if method is None else method
     if method == "krylov":
-        return max(10, math.ceil(KRYLOV_OVERSAMPLE_FRACTION * int(k)))
+        blocks = _krylov_blocks(k, n)
+        if blocks == KRYLOV_N_POWER_ITER + 1:
+            return max(10, math.ceil(KRYLOV_OVERSAMPLE_FRACTION * int(k)))
+        return blocks * math.ceil(int(k) / 4) - int(k)
     return max(SUBSPACE_MIN_OVERSAMPLES, int(k))
 
 
-def default_n_power_iter(k: int, method: str | None = None) -> int:
-    """Default power iterations q for rank ``k``: 3 (subspace), 11 (Krylov: 12 blocks)."""
+def default_n_power_iter(k: int, method: str | None = None, n: int | None = None) -> int:
+    """Default power iterations q for rank ``k``: 3 (subspace), 11 (Krylov: 12 blocks; 9 where k > n / 6)."""
     method = default_method(k) if method is None else method
-    return KRYLOV_N_POWER_ITER if method == "krylov" else DEFAULT_N_POWER_ITER
+    return _krylov_blocks(k, n) - 1 if method == "krylov" else DEFAULT_N_POWER_ITER
 
 
 @dataclass
@@ -263,9 +282,9 @@ def _rowwise(func, panels: list[da.Array], extra: list[da.Array], n_cols: int, d
     return da.Array(graph, name, chunks=(row_chunks, (n_cols,)), dtype=dtype)
 
 
-def _reduce_rows(func, panels: list[da.Array], extra: list[da.Array], shape: tuple[int, int],
-                 as_list: bool = False) -> np.ndarray:
-    """Σ over row blocks r of ``func(panels[r]…, extra…)`` (small float64 matrices), computed.
+def _rowsum(func, panels: list[da.Array], extra: list[da.Array], shape: tuple[int, int],
+            as_list: bool = False) -> da.Array:
+    """Σ over row blocks r of ``func(panels[r]…, extra…)`` (small float64 matrices), lazily: one chunk.
 
     The partial results are added in a binary tree, so that few of them (l × l each, up to
     hundreds of MB for large l) are alive at once; a dask matmul ``AᵀB`` over r row blocks
@@ -295,8 +314,13 @@ def _reduce_rows(func, panels: list[da.Array], extra: list[da.Array], shape: tup
         keys = nxt
     dsk[name, 0, 0] = (_k_sum, *keys)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[*panels, *extra])
-    out = da.Array(graph, name, chunks=((shape[0],), (shape[1],)), dtype=np.float64)
-    return np.asarray(out.compute(), dtype=np.float64)
+    return da.Array(graph, name, chunks=((shape[0],), (shape[1],)), dtype=np.float64)
+
+
+def _reduce_rows(func, panels: list[da.Array], extra: list[da.Array], shape: tuple[int, int],
+                 as_list: bool = False) -> np.ndarray:
+    """:func:`_rowsum`, computed."""
+    return np.asarray(_rowsum(func, panels, extra, shape, as_list).compute(), dtype=np.float64)
 
 
 def _gram(A: da.Array, B: da.Array | None = None) -> np.ndarray:
@@ -315,7 +339,38 @@ def _persist(x: da.Array) -> da.Array:
     return x
 
 
-def _orthonormalize(Y: da.Array, twice: bool = True) -> tuple[da.Array, np.ndarray]:
+def _k_cholesky_upper(G: np.ndarray) -> np.ndarray:
+    """R (upper) with RᵀR = G; raises numpy.linalg.LinAlgError when G is not positive definite."""
+    return scipy.linalg.cholesky(0.5 * (G + G.T), lower=False)
+
+
+def _k_inverse_upper(R: np.ndarray, dtype) -> np.ndarray:
+    return scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False).astype(dtype)
+
+
+def _on_one_chunk(func, *args: da.Array, dtype, **kwargs) -> da.Array:
+    """``func`` applied to small one-chunk arrays, as a task of the graph (not on the client)."""
+    return da.map_blocks(func, *args, dtype=dtype, meta=np.empty((0, 0), dtype=dtype), **kwargs)
+
+
+def _cholesky_qr(Y: da.Array, twice: bool) -> tuple[da.Array, da.Array]:
+    """Lazy Q, R of CholeskyQR2 (``twice``) or CholeskyQR: one graph, the l × l steps in its tasks."""
+    l = Y.shape[1]
+    inverses, R = [], None
+    for _ in range(2 if twice else 1):
+        if not inverses:
+            G = _rowsum(_gram_self, [Y], [], (l, l))
+        else:
+            G = _rowsum(_k_gram_of_chain, [Y], inverses, (l, l))
+        Ri = _on_one_chunk(_k_cholesky_upper, G, dtype=np.float64)
+        inverses.append(_on_one_chunk(functools.partial(_k_inverse_upper, dtype=np.dtype(Y.dtype)), Ri,
+                                      dtype=Y.dtype))
+        R = Ri if R is None else _on_one_chunk(np.matmul, Ri, R, dtype=np.float64)
+    Q = _rowwise(_k_times_chain, [Y], inverses, l, Y.dtype, "edlae-cholqr-")
+    return Q, R
+
+
+def _orthonormalize(Y: da.Array, twice: bool = True, also=()) -> tuple:
     """Q, R with Y = Q·R, Q orthonormal (persisted), R (l × l) upper triangular in float64.
 
     CholeskyQR2: R₁ = chol(YᵀY), Q₁ = Y·R₁⁻¹, R₂ = chol(Q₁ᵀQ₁), Q = Q₁·R₂⁻¹. The l × l Grams
@@ -327,26 +382,27 @@ def _orthonormalize(Y: da.Array, twice: bool = True) -> tuple[da.Array, np.ndarr
     CholeskyQR2, one (n, l) panel less in memory for 2·n·l² more flops). When YᵀY is too
     ill-conditioned for Cholesky (rank-deficient Y), falls back to TSQR.
 
+    The whole of it, Y's own graph included when Y is lazy (e.g. ``M·Q`` and its projections),
+    is one graph with the small Cholesky factors and inverses as tasks: one round trip to the
+    scheduler instead of one per Gram (a 2-worker cluster spent ~30 % more time than the threaded
+    scheduler on the Krylov solve at k = 1,000 when each Gram came back to the client).
+
     With ``twice=False``, one CholeskyQR step (R = chol(YᵀY), Q = Y·R⁻¹): the same span,
     but Q is orthonormal only to about κ(Y)·eps of the working dtype — enough between
     two passes of subspace iteration, not for a Rayleigh–Ritz basis.
+
+    ``also``: further small lazy arrays of the same graph (e.g. the projection coefficients),
+    computed with it and returned after R as numpy arrays.
     """
-    l = Y.shape[1]
-    inverses, R = [], np.eye(l)
-    for _ in range(2 if twice else 1):
-        if not inverses:
-            G = _gram(Y)
-        else:
-            G = _reduce_rows(_k_gram_of_chain, [Y], _small(inverses), (l, l))
-        try:
-            Ri = scipy.linalg.cholesky(0.5 * (G + G.T), lower=False)
-        except np.linalg.LinAlgError:
-            Qt, Rt = dask.persist(*da.linalg.tsqr(Y))
-            return Qt, np.asarray(Rt.compute(), dtype=np.float64)
-        inverses.append(scipy.linalg.solve_triangular(Ri, np.eye(l), lower=False).astype(Y.dtype))
-        R = Ri @ R
-    Q = _persist(_rowwise(_k_times_chain, [Y], _small(inverses), l, Y.dtype, "edlae-cholqr-"))
-    return Q, R
+    Q, R = _cholesky_qr(Y, twice)
+    try:
+        Q, R, *rest = dask.persist(Q, R, *also)
+        R, *rest = dask.compute(R, *rest)
+    except np.linalg.LinAlgError:
+        rest = dask.compute(*also)
+        Qt, Rt = dask.persist(*da.linalg.tsqr(_persist(Y)))
+        Q, R = Qt, Rt.compute()
+    return (Q, np.asarray(R, dtype=np.float64), *(np.asarray(x, dtype=np.float64) for x in rest))
 
 
 def _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method):
@@ -516,9 +572,9 @@ def randomized_eigh(
     row_chunks, dtype = _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method)
     method = default_method(k) if method is None else method
     if n_oversamples is None:
-        n_oversamples = default_n_oversamples(k, method)
+        n_oversamples = default_n_oversamples(k, method, n)
     if n_power_iter is None:
-        n_power_iter = default_n_power_iter(k, method)
+        n_power_iter = default_n_power_iter(k, method, n)
     n_oversamples, n_power_iter, seed = int(n_oversamples), int(n_power_iter), int(seed)
     l = min(k + n_oversamples, n)
     emit = log if log is not None else logger.info
@@ -550,8 +606,8 @@ class _Solver:
         self.n_matvecs = 0
         self.monitor_seconds = 0.0
 
-    def apply(self, Q: da.Array) -> da.Array:
-        """M·Q, persisted, checked, in ``dtype`` and Q's chunks."""
+    def apply(self, Q: da.Array, persist: bool = True) -> da.Array:
+        """M·Q, checked, in ``dtype`` and Q's chunks; persisted unless the caller fuses it into its graph."""
         n, b = Q.shape
         Y = self.apply_m(Q)
         if not isinstance(Y, da.Array):
@@ -563,7 +619,7 @@ class _Solver:
         if Y.chunks != Q.chunks:
             Y = Y.rechunk(Q.chunks)
         self.n_matvecs += 1
-        return _persist(Y)
+        return _persist(Y) if persist else Y
 
     def report(self, dim: int, cols: int, ritz: np.ndarray | None, extra_seconds: float) -> None:
         self.monitor_seconds += extra_seconds
@@ -594,12 +650,13 @@ class _Solver:
         prev = None
         Q = _gaussian(l, self.row_chunks, self.dtype, seed)
         tp = time.perf_counter()
-        Q, _ = _orthonormalize(self.apply(Q), twice=n_passes == 1 or self.monitor is not None)
+        Q, _ = _orthonormalize(self.apply(Q, persist=False), twice=n_passes == 1 or self.monitor is not None)
         emit(f"randomized_eigh: pass 1/{n_passes} (range sketch) [{time.perf_counter() - tp:.2f} s]")
         # Z = M·Q is both the next pass's Y and, after the last pass, the Rayleigh–Ritz product
         for it in range(1, n_passes + 1):
             tp = time.perf_counter()
-            Z = self.apply(Q)
+            # kept for the Rayleigh–Ritz step (and a monitor's); else fused into the next CholeskyQR's graph
+            Z = self.apply(Q, persist=it == n_passes or self.monitor is not None)
             if self.monitor is not None and it < n_passes:
                 tm = time.perf_counter()
                 theta, _ = self.top_k(_gram(Q, Z))
@@ -638,38 +695,36 @@ class _Solver:
         k, emit = self.k, self.emit
         n_passes = n_blocks + 1
         tp = time.perf_counter()
-        Q, _ = _orthonormalize(self.apply(_gaussian(b, self.row_chunks, self.dtype, seed)))
+        Q, _ = _orthonormalize(self.apply(_gaussian(b, self.row_chunks, self.dtype, seed), persist=False))
         emit(f"randomized_eigh: pass 1/{n_passes} (block 1 of {b} columns) [{time.perf_counter() - tp:.2f} s]")
         basis = [Q]
         columns = []  # columns[j] = [Q₁ … Q_j]ᵀ M Q_j, the block column j of T above its diagonal
         for j in range(n_blocks):
             tp = time.perf_counter()
-            W = self.apply(basis[j])
-            H = _reduce_rows(_k_gram_basis, [*basis, W], [], (b * (j + 1), b), as_list=True)
+            last = j == n_blocks - 1
+            # one graph a pass: W = M·Q_j, its projections and the next block's CholeskyQR2
+            W = self.apply(basis[j], persist=False)
+            H = _rowsum(_k_gram_basis, [*basis, W], [], (b * (j + 1), b), as_list=True)
+            if last:
+                # the residual's Gram: the part of M·Q_last outside the basis (for the Ritz residuals)
+                F = _rowsum(_k_residual_gram, [*basis, W], [H], (b, b), as_list=True)
+                H, F = (np.asarray(x, dtype=np.float64) for x in dask.compute(H, F))
+                columns.append(H)
+                break
+            # block classical Gram–Schmidt, twice ("twice is enough"; for a nearly invariant block
+            # the second projection still leaves the rounding noise orthogonal to the basis to ~eps
+            # of its own norm: tests/test_eigen.py, rank-9 operator)
+            W1 = _rowwise(_k_project_out, [*basis, W], [H], b, self.dtype, "edlae-proj-", as_list=True)
+            H2 = _rowsum(_k_gram_basis, [*basis, W1], [], (b * (j + 1), b), as_list=True)
+            W2 = _rowwise(_k_project_out, [*basis, W1], [H2], b, self.dtype, "edlae-proj-", as_list=True)
+            Qn, R, H = _orthonormalize(W2, also=(H,))
+            del W, W1, W2, H2
             columns.append(H)
-            if self.monitor is not None and j < n_blocks - 1:
+            if self.monitor is not None:
                 tm = time.perf_counter()
                 dim = b * (j + 1)
                 theta = self.top_k(_assemble(columns, b))[0] if dim >= k else None
                 self.report(dim, self.n_matvecs * b, theta, time.perf_counter() - tm)
-            if j == n_blocks - 1:
-                break
-            # block classical Gram–Schmidt, twice ("twice is enough")
-            W1 = _persist(_rowwise(_k_project_out, [*basis, W], _small([H]), b, self.dtype, "edlae-proj-",
-                                   as_list=True))
-            W = None
-            H2 = _reduce_rows(_k_gram_basis, [*basis, W1], [], (b * (j + 1), b), as_list=True)
-            W2 = _persist(_rowwise(_k_project_out, [*basis, W1], _small([H2]), b, self.dtype, "edlae-proj-",
-                                   as_list=True))
-            del W1
-            Qn, R = _orthonormalize(W2)
-            del W2
-            # no third pass for a (nearly) invariant block: when the projections cancel M·Q_j down to
-            # rounding noise, the second one still leaves that noise orthogonal to the basis to
-            # ~eps of its own norm (checked on a rank-9 operator, tests/test_eigen.py). A check at
-            # ‖M‖'s scale for such blocks fired on every block from the fourth on the
-            # MovieLens-20M-shaped M in float32 (deep blocks have norms ~λ_j ≪ ‖M‖) and doubled the
-            # solve's time there (160 s against 77 s at k = 1,000) for nothing.
             basis.append(Qn)
             emit(
                 f"randomized_eigh: pass {j + 2}/{n_passes} (Krylov block {j + 2}): ‖T_(j+1,j)‖ = "
@@ -679,29 +734,28 @@ class _Solver:
         T = _assemble(columns, b)
         theta, Wt = self.top_k(T)
         # residual: the part of M·Q_last outside the basis, times each Ritz vector's last block
-        F = _reduce_rows(_k_residual_gram, [*basis, W], _small([H]), (b, b), as_list=True)
-        del W
         w_last = Wt[-b:]
         res_norm = np.sqrt(np.maximum(np.einsum("ij,ij->j", w_last, F @ w_last), 0.0))
-        # not persisted: the signs are read from it, then V is formed again with them (an (n, k)
-        # panel less at the end, for one more pass over the basis)
-        V0 = _rowwise(_k_combine, basis, _small([Wt]), k, self.dtype, "edlae-ritz-")
-        V = self.finish(V0, theta, res_norm, tp,
-                        lambda signs: _rowwise(_k_combine, basis, _small([Wt * signs]), k, self.dtype, "edlae-ritz-"))
+        # persisted, and the basis released before the signs are applied: forming V = Q·W twice (as
+        # this did) costs another 2·n·d·k flops (~a minute at k = 5,000), for the same peak memory
+        V0 = _persist(_rowwise(_k_combine, basis, _small([Wt]), k, self.dtype, "edlae-ritz-"))
+        basis = Q = Qn = None
+        V = self.finish(V0, theta, res_norm, tp)
+        del V0
         dim = b * n_blocks
         self.report(dim, self.n_matvecs * b, theta, 0.0)
         return self.result(theta, V, res_norm, dim - k, n_blocks - 1, "krylov", b)
 
     # ------------------------------------------------------------------ common end
 
-    def finish(self, V0: da.Array, theta: np.ndarray, res_norm: np.ndarray, tp: float, signed=None) -> da.Array:
-        """Sign-fixed V from the Ritz vectors V0 (``signed(signs)`` forms them again with the signs applied)."""
+    def finish(self, V0: da.Array, theta: np.ndarray, res_norm: np.ndarray, tp: float) -> da.Array:
+        """Sign-fixed V (persisted) from the Ritz vectors V0."""
         k = self.k
         cand = V0.map_blocks(K.signed_absmax, chunks=((1,) * len(self.row_chunks), (k,)), dtype=self.dtype)
         cand = np.asarray(cand.compute())
         best = np.argmax(np.abs(cand), axis=0)  # first block holding the column's largest |entry|
         signs = np.where(cand[best, np.arange(k)] < 0, -1.0, 1.0)
-        V = _persist(V0 * signs.astype(self.dtype) if signed is None else signed(signs))
+        V = _persist(V0 * signs.astype(self.dtype))
         scale = np.maximum(np.abs(theta), np.finfo(np.float64).tiny * max(1.0, float(np.abs(theta).max())))
         self.residuals = res_norm / scale
         self.seconds = time.perf_counter() - self.t0 - self.monitor_seconds
