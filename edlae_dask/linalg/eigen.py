@@ -69,7 +69,8 @@ EIGEN_METHODS = ("subspace", "krylov")
 # Krylov with 12 blocks of k/4 (the rule) against l = 2k, q = 3, timed in one run (2 threads,
 # one BLAS thread each): k = 500 19 s vs 36 s, k = 1000 43 s vs 90 s; k = 2000 156 s. In Table 1
 # (2-worker cluster) the eigensolve stage went from 107 to 77 s at k = 1000 and from 376 to 189 s
-# at k = 2000. k = 5000 (a 15,000-dimensional Rayleigh–Ritz space) was not measured for accuracy.
+# at k = 2000. k = 5000: 12 blocks 3e-7, 8 blocks 5.6e-3, 10 blocks 8.9e-5 (the Table-1 run of the
+# rule below, KRYLOV_LARGE_K_BLOCKS).
 #
 # Oversampling matters more than passes for subspace iteration here (neighbouring eigenvalues
 # are close: λ_1000 = 207, λ_2000 = 133), so l = 2k stays its rule; block Krylov with narrow
@@ -95,8 +96,8 @@ KRYLOV_OVERSAMPLE_FRACTION = 2.0
 #: float64 eigh of the 3k × 3k projected matrix on the client (~d³, memory-bound tridiagonalization),
 #: outweighs the passes over M: at k = 5,000 of n = 20,108 it took 1,046 of Table 1's 1,707 s. Measured
 #: there (bench_eigen_k.py defaults --krylov-blocks): 12 blocks 3e-7 excess, 8 blocks 5.6e-3 (fails);
-#: 10 blocks, between them at ~12× per block, is expected near 1e-4 and costs (2.5/3)³ ≈ 0.58 of the
-#: 12-block Rayleigh–Ritz (benchmarks/bench_table1.py records the excess it reaches).
+#: 10 blocks gave 8.9e-5 (benchmarks/bench_table1.py --ks 5000: 864 s end to end, of which 379 s
+#: Rayleigh–Ritz on 12,500 dims, where the 12-block run spent 1,046 s on 15,000).
 KRYLOV_LARGE_K_BLOCKS = 10
 
 
