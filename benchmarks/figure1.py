@@ -373,6 +373,23 @@ def write_plot(results: dict, path: Path) -> bool:
     return True
 
 
+def _rounded(x):
+    """Floats to 7 significant digits (metrics and times; the JSON stays under the repository's 2 MB)."""
+    if isinstance(x, float):
+        return float(f"{x:.7g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_rounded(v) for v in x]
+    return x
+
+
+def _dumps(results: dict) -> str:
+    from edlae_dask.evaluation.search import _json_default
+
+    return json.dumps(_rounded(json.loads(json.dumps(results, default=_json_default))), separators=(",", ":"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=DEFAULT_DATASETS, help=f"comma-separated (default {DEFAULT_DATASETS})")
@@ -428,7 +445,6 @@ def main() -> None:
     from edlae_dask import __version__
     from edlae_dask.cluster import connect
     from edlae_dask.errors import MemoryBudgetError
-    from edlae_dask.evaluation.search import _json_default
 
     command = "python benchmarks/figure1.py" + ("" if len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -459,15 +475,15 @@ def main() -> None:
             except MemoryBudgetError as e:  # e.g. gowalla on a small machine: record it, go on with the rest
                 log.error("%s skipped: %s", name, e)
                 results.setdefault("skipped", {})[name] = {"error": str(e), "command": command}
-                json_path.write_text(json.dumps(results, separators=(",", ":"), default=_json_default))
+                json_path.write_text(_dumps(results))
                 continue
             results["datasets"][name] = d
             results.get("skipped", {}).pop(name, None)
-            json_path.write_text(json.dumps(results, separators=(",", ":"), default=_json_default))
+            json_path.write_text(_dumps(results))
             write_markdown(results, args.out / "figure1.md", command)
             write_plot(results, args.out / "figure1.png")
             log.info("%s done in %.0f s; results in %s", name, d["seconds"]["total"], args.out)
-    json_path.write_text(json.dumps(results, separators=(",", ":"), default=_json_default))
+    json_path.write_text(_dumps(results))
     write_markdown(results, args.out / "figure1.md", command)
     write_plot(results, args.out / "figure1.png")
     print((args.out / "figure1.md").read_text())
