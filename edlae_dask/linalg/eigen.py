@@ -392,8 +392,8 @@ def _orthonormalize(Y: da.Array, twice: bool = True, also=()) -> tuple:
 
     The whole of it, Y's own graph included when Y is lazy (e.g. ``M·Q`` and its projections),
     is one graph with the small Cholesky factors and inverses as tasks: one round trip to the
-    scheduler instead of one per Gram (a 2-worker cluster spent ~30 % more time than the threaded
-    scheduler on the Krylov solve at k = 1,000 when each Gram came back to the client).
+    scheduler instead of one per Gram. (On the 2-worker loopback cluster of Table 1 that made no
+    measurable difference, the passes being compute-bound; it is for clusters with slower links.)
 
     With ``twice=False``, one CholeskyQR step (R = chol(YᵀY), Q = Y·R⁻¹): the same span,
     but Q is orthonormal only to about κ(Y)·eps of the working dtype — enough between
