@@ -34,7 +34,9 @@ evaluated grid (λ at its smallest / largest value among the points with the sam
 listed under each table. Outputs, rewritten after each dataset (datasets from earlier invocations are
 kept; ``--import`` merges those of another output directory):
 
-- ``benchmarks/results/figure1/figure1.json``  every number (chosen rows and the whole grid),
+- ``benchmarks/results/figure1/figure1.json``  the index: environment, and the file of each dataset,
+- ``benchmarks/results/figure1/figure1-<dataset>.json``  every number of one dataset (chosen rows and
+  the whole grid),
 - ``benchmarks/results/figure1/figure1.md``    the markdown table,
 - ``benchmarks/results/figure1/figure1.png``   one panel per dataset (matplotlib, Agg backend;
   matplotlib is a benchmark-only extra: ``pip install matplotlib``).
@@ -390,6 +392,48 @@ def _dumps(results: dict) -> str:
     return json.dumps(_rounded(json.loads(json.dumps(results, default=_json_default))), separators=(",", ":"))
 
 
+def _dataset_file(name: str) -> str:
+    return f"figure1-{name}.json"
+
+
+def load_results(path: Path) -> dict:
+    """The results behind ``path`` (a ``figure1.json`` index), every dataset read in.
+
+    The index names one file per dataset (``figure1-<name>.json`` beside it); an index written
+    before the split holds the datasets inline, and is read as it is.
+    """
+    results = json.loads(path.read_text())
+    datasets = results.setdefault("datasets", {})
+    for name, entry in list(datasets.items()):
+        if isinstance(entry, str):
+            datasets[name] = json.loads((path.parent / entry).read_text())
+    return results
+
+
+def save_results(results: dict, path: Path) -> None:
+    """Write ``results`` as the index ``path`` and one JSON per dataset beside it.
+
+    One file per dataset keeps each under the repository's 2 MB per file as datasets are added
+    (the three tuned datasets together are ~2 MB). Each file is written whole to a temporary
+    name and renamed, dataset files before the index that names them.
+    """
+    index = {k: v for k, v in results.items() if k != "datasets"}
+    index["datasets"] = {}
+    for name, d in results.get("datasets", {}).items():
+        _write_atomic(path.parent / _dataset_file(name), _dumps(d))
+        index["datasets"][name] = _dataset_file(name)
+    _write_atomic(path, json.dumps(index, indent=1, default=str))
+    for stale in path.parent.glob(_dataset_file("*")):  # a dataset dropped by --fresh
+        if stale.name not in index["datasets"].values():
+            stale.unlink()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=DEFAULT_DATASETS, help=f"comma-separated (default {DEFAULT_DATASETS})")
@@ -451,15 +495,11 @@ def main() -> None:
     json_path = args.out / "figure1.json"
     results = {"datasets": {}}
     if json_path.exists() and not args.fresh:
-        try:
-            results = json.loads(json_path.read_text())
-            results.setdefault("datasets", {})
-        except ValueError:
-            results = {"datasets": {}}
+        results = load_results(json_path)  # a damaged file stops here: it holds hours of results
     results["environment"] = {"python": platform.python_version(), "machine": platform.machine(),
                               "processor": platform.processor(), "edlae_dask": __version__}
     for path in args.imports:
-        other = json.loads(path.read_text())
+        other = load_results(path)
         results["datasets"].update(other["datasets"])
         log.info("imported %s from %s", ", ".join(other["datasets"]), path)
     for d in results["datasets"].values():
@@ -475,15 +515,15 @@ def main() -> None:
             except MemoryBudgetError as e:  # e.g. gowalla on a small machine: record it, go on with the rest
                 log.error("%s skipped: %s", name, e)
                 results.setdefault("skipped", {})[name] = {"error": str(e), "command": command}
-                json_path.write_text(_dumps(results))
+                save_results(results, json_path)
                 continue
             results["datasets"][name] = d
             results.get("skipped", {}).pop(name, None)
-            json_path.write_text(_dumps(results))
+            save_results(results, json_path)
             write_markdown(results, args.out / "figure1.md", command)
             write_plot(results, args.out / "figure1.png")
             log.info("%s done in %.0f s; results in %s", name, d["seconds"]["total"], args.out)
-    json_path.write_text(_dumps(results))
+    save_results(results, json_path)
     write_markdown(results, args.out / "figure1.md", command)
     write_plot(results, args.out / "figure1.png")
     print((args.out / "figure1.md").read_text())
