@@ -8,7 +8,6 @@ run on local paths, which the other test modules check against the numpy oracle.
 """
 
 import json
-import socket
 import threading
 
 import numpy as np
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import random_interactions
+from conftest import publish_factors, random_interactions, recommendations
 from edlae_dask.cli import cli
 from edlae_dask.errors import StoreFormatError
 from edlae_dask.ingest import ingest
@@ -27,54 +26,6 @@ from edlae_dask.model import TrainParams, train
 from edlae_dask.scoring import score
 
 PARAMS = TrainParams(k=4, lam=2.0, p=0.2, dtype="float64", block_size=12, path="dense", seed=3)
-BUCKET = "edlae-test"
-
-
-_SERVER = """
-import logging, sys, time
-from moto.server import ThreadedMotoServer
-logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
-server.start()
-print("listening", flush=True)
-time.sleep(3600)
-"""
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server in its own process on a free loopback port, one bucket; yields the options that reach it."""
-    import subprocess
-    import sys
-
-    # hard imports, not importorskip: the `test` extra installs them, and a skipped S3 suite would pass unseen
-    import boto3
-    import moto.server  # noqa: F401
-    import s3fs  # noqa: F401
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    # a process of its own: in this one, the server's threads would compete for the GIL with the client's
-    server = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout.readline().strip() == "listening"
-        endpoint = f"http://127.0.0.1:{port}"
-        keys = dict(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
-        boto3.client("s3", endpoint_url=endpoint, **keys).create_bucket(Bucket=BUCKET)
-        yield {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    finally:
-        server.kill()
-        server.wait(timeout=30)
-
-
-@pytest.fixture
-def url(request):
-    """A fresh prefix in the bucket for each test."""
-    return f"s3://{BUCKET}/{request.node.name}"
-
-
 def objects(prefix, options):
     """Every object under ``prefix``: key -> ETag (changes whenever the object is written)."""
     import s3fs
@@ -88,25 +39,6 @@ def write_csv(path, X):
     coo = X.tocoo()
     pd.DataFrame({"user": coo.row + 1, "item": coo.col + 1, "rating": 1}).to_csv(path, index=False)
     return path
-
-
-def recommendations(path, options=None):
-    """User ids, recommended item ids and scores, read in this process (memory:// lives only here)."""
-    rec = open_recommendations(path, storage_options=options)
-    return rec.user_ids, rec.item_ids[rec.items.compute(scheduler="threads")], rec.scores.compute(scheduler="threads")
-
-
-def publish_factors(path, U, options, *, version_hook=None):
-    """A factor version of U (V = U); ``version_hook(writer)`` runs after the arrays, before commit."""
-    w = FactorWriter(path, overwrite=True, storage_options=options)
-    w.write_array("U", U)
-    w.write_array("V", U)
-    w.write_array("item_ids", np.arange(U.shape[0]))
-    w.write_array("eigenvalues", np.ones(U.shape[1]))
-    w.write_array("ritz_residuals", np.zeros(U.shape[1]))
-    if version_hook is not None:
-        version_hook(w)
-    return w.commit(dict(k=U.shape[1], lam=1.0, p=0.0, dtype="float64"))
 
 
 # --------------------------------------------------------------------------- the pipeline on s3
