@@ -345,8 +345,12 @@ def write_plot(results: dict, path: Path) -> bool:
     names = list(results["datasets"])
     if not names:
         return False
-    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    ncols = len(names) if len(names) <= 3 else -(-len(names) // 2)  # four panels as 2 × 2, not a strip
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         d = results["datasets"][name]
         rows = d["rows"]
         for m in ("lae", "edlae", "edlae-opt"):
