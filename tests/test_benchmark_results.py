@@ -51,3 +51,42 @@ def test_an_index_from_before_the_split_is_read_as_it_is(tmp_path, figure1):
     path.write_text(json.dumps(_results()))
 
     assert figure1.load_results(path)["datasets"] == _results()["datasets"]
+
+
+def test_figure1_runs_from_one_command_and_add_merges_a_second_grid_point(tmp_path):
+    """The benchmark end to end on a tiny data set: outputs written, and after ``--add`` every
+    (model, k) reports the grid point with the best validation nDCG@100 over both runs."""
+    import gzip
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from conftest import clustered_interactions
+
+    data = tmp_path / "data"
+    (data / "tiny").mkdir(parents=True)
+    X = clustered_interactions(n_users=300, n_items=40, seed=1).tocoo()
+    with gzip.open(data / "tiny" / "interactions.csv.gz", "wt") as f:
+        pd.DataFrame({"user": X.row + 1, "item": X.col + 1}).to_csv(f, index=False)
+    (data / "datasets.json").write_text(json.dumps([{"name": "tiny", "type": "implicit", "items": 40}]))
+    out = tmp_path / "out"
+    base = [sys.executable, str(FIGURE1), "--datasets", "tiny", "--data-dir", str(data), "--out", str(out),
+            "--workdir", str(tmp_path / "work"), "--ks", "2,5", "--ps", "0.3", "--models", "edlae,lae,full-rank",
+            "--no-opt", "--n-valid", "40", "--n-test", "40"]
+    for lam in ("3", "300"):
+        done = subprocess.run(base + ["--lams", lam] + (["--add"] if lam == "300" else []),
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    d = json.loads((out / "figure1-tiny.json").read_text())
+    assert len(d["runs"]) == 2
+    assert {g["lam"] for g in d["main"]["grid"]} == {3.0, 300.0}
+    for row in d["rows"]:
+        points = [g for g in d["main"]["grid"] if g["model"] == row["model"] and g["k"] == row["k"]]
+        best = max(points, key=lambda g: g["valid"]["ndcg@100"]["mean"])
+        assert (row["lam"], row["p"]) == (best["lam"], best["p"])
+        assert row["test"] == best["test"]
+    assert {(r["model"], r["k"]) for r in d["rows"]} == {("edlae", 2), ("edlae", 5), ("lae", 2), ("lae", 5),
+                                                        ("full-rank", None)}
+    assert "## tiny (40 items" in (out / "figure1.md").read_text()
