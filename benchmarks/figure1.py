@@ -3,8 +3,8 @@
     python benchmarks/figure1.py                                   # ml-1m-diffrec-clean, beibei-ehcf
     python benchmarks/figure1.py --quick                           # fewer ranks / grid points (smoke run)
     python benchmarks/figure1.py --datasets tmall-buy-hkuds --models edlae,lae,full-rank \
-        --lams 40 --ps 0.33 --n-power-iter 1 --no-opt             # > 30k items: one grid point per command,
-    python benchmarks/figure1.py --datasets tmall-buy-hkuds ... --lams 10 --add   # refined with --add
+        --ks 10,50,100,200,500,1000,2000 --lams 160 --ps 0.33 --no-opt   # ~30k items: one grid point
+    python benchmarks/figure1.py --datasets tmall-buy-hkuds ... --lams 40 --add   # per command, merged by --add
     python benchmarks/figure1.py --datasets '' --import OTHER/figure1.json        # merge results, re-render
 
 For each dataset: ingest ``<data-dir>/<name>/interactions.csv.gz`` into a work store
@@ -41,19 +41,22 @@ kept; ``--import`` merges those of another output directory):
 - ``benchmarks/results/figure1/figure1.png``   one panel per dataset (matplotlib, Agg backend;
   matplotlib is a benchmark-only extra: ``pip install matplotlib``).
 
-Cost per grid point: one n × n inverse (n³ flops) and, per low-rank model, a randomized eigensolve
-with l = 2·k_max columns ((n_power_iter + 2)·2n²l flops) and U = B̂V (2n²k_max). On the shared 2-core
-development machine (float32, ~100 GFLOP/s when not contended) that is seconds at ml-1m's 2,810 items
-and about a minute (estimated) at beibei's 7,976 items with k_max = 2,000. At tmall-buy's 29,318 kept
-items with k_max = 2,000 and ``--n-power-iter 1`` one point took 1,113 s (inverse 230 s, eigensolves
-377 + 385 s, factors and scores 63 + 34 s; peak resident 14.0 GiB, of which G, C, M 9.6 GiB), and the
-inverse alone 596 s while other jobs shared the CPU — hence one point per command there. The eigensolver's accuracy at these settings: on
+Cost per grid point: one n × n inverse (n³ flops) and, per low-rank model, one randomized eigensolve
+at k_max (the library's default rule: block Krylov from k = 500, 13 passes over M with 3·k_max basis
+columns) and U = B̂V (2n²k_max). On the shared 2-core development machine (float32) that is seconds at
+ml-1m's 2,810 items and about a minute a point at beibei's 7,976 items with k_max = 1,000. At tmall-buy's
+29,318 kept items with k_max = 2,000 one point takes 11–12 min (2026-11-27 evening: inverse 171–187 s,
+eigensolves 184–217 s each, factors and scores 40–46 s each; peak resident 12.5 GiB, of which G, C, M
+9.6 GiB), hence one point per command there. The earlier tmall point made with ``--n-power-iter 1``
+(randomized subspace, l = 4,000) took 1,113 s with eigensolves of 377 + 385 s, and left Ritz residuals
+up to 0.14 at k = 2,000 against 0.013–0.026 with the default rule. The eigensolver's accuracy: on
 ml-1m (λ = 50, p = 0.25, k_max = 1,000) the leading k columns reach the exact eq.-15 optimum within
-rounding (|excess| < 4e-7) for k = 10 … 500 with 1 or 3 power iterations, and 1.6e-5 (q = 1) at
-k = k_max; see also tests/test_evaluation.py::test_leading_columns_of_one_eigensolve_serve_every_smaller_rank.
+rounding (|excess| < 4e-7) for k = 10 … 500, and 1.6e-5 at k = k_max (with one power iteration of the
+subspace method); see also
+tests/test_evaluation.py::test_leading_columns_of_one_eigensolve_serve_every_smaller_rank.
 gowalla (40,981 items) fits the dense backend without the student matrix (2·n² = 12.5 GiB plus panels)
-for k_max up to ~500 in 14 GiB (13.9 GiB planned), but a 41k inverse is ~9 min per point here even
-uncontended (n³ scaling of the 230 s measured at 29k), and it was not run.
+for k_max up to ~500 in 14 GiB (13.9 GiB planned), but a 41k inverse is ~7 min per point here
+(n³ scaling of the inverse at 29k), and it was not run.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
@@ -248,12 +253,19 @@ def run_dataset(name: str, args, client, previous: dict | None, command: str) ->
     if opt is not None:
         rows += [r for r in opt["rows"] if r["model"] == "edlae-opt"]
     main["rows"] = [r for r in rows if r["model"] != "edlae-opt"]
+    vectors = _load_vectors(args.out, name) if previous is not None else {}
+    # this run's chosen rows: the union's choice of a (model, k) is always one of some run's choices
+    vectors.update({_vector_key(run_id, r.model, r.k, r.lam, r.p): r.test_per_user[:, 0] for r in rep.rows})
+    live = {_vector_key(g["run"], g["model"], g["k"], g["lam"], g["p"]) for g in main["grid"]}
+    vectors = {key: v for key, v in vectors.items() if key in live}
+    _save_vectors(args.out, name, vectors)
     out.update({
         "n_items": n,
         "ks": ks,
         "ks_dropped": dropped,
         "rows": rows,
         "edge_notes": _edge_notes(rows, main["grid"] + ((opt or {}).get("grid") or [])),
+        "paired": _paired(rows, ks, vectors),
         "main": main,
         "edlae_opt_run": opt,
         "runs": runs,
@@ -261,6 +273,66 @@ def run_dataset(name: str, args, client, previous: dict | None, command: str) ->
                     "main_run": main["timings"]["run"], "opt_run": opt["timings"]["run"] if opt else None},
     })
     return out
+
+
+# --------------------------------------------------------------------------- paired differences
+
+PAIRS = (("edlae", "lae"), ("edlae", "full-rank"), ("lae", "full-rank"))
+
+
+def _vectors_file(out: Path, name: str) -> Path:
+    return out / f"figure1-{name}-per-user.npz"
+
+
+def _vector_key(run: str, model: str, k, lam: float, p: float) -> str:
+    return f"{run}|{model}|{k}|{lam:g}|{p:g}"
+
+
+def _load_vectors(out: Path, name: str) -> dict:
+    path = _vectors_file(out, name)
+    if not path.exists():
+        return {}
+    with np.load(path) as z:
+        return {key: z[key] for key in z.files}
+
+
+def _save_vectors(out: Path, name: str, vectors: dict) -> None:
+    """Per-user test nDCG@100 of the chosen rows (float32, compressed; a few hundred kB a dataset)."""
+    path = _vectors_file(out, name)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **{key: np.asarray(v, dtype=np.float32) for key, v in vectors.items()})
+    tmp.replace(path)
+
+
+def _paired(rows: list, ks: list, vectors: dict) -> list:
+    """Paired test differences of the chosen rows (same test users), where both have per-user values.
+
+    Rows chosen from runs made before per-user values were recorded have none: their
+    difference is reported without a paired standard error.
+    """
+    from edlae_dask.evaluation import paired_difference
+
+    out = []
+    for a_model, b_model in PAIRS:
+        for k in ks:
+            a = _row(rows, a_model, k)
+            b = _row(rows, b_model, None if b_model == "full-rank" else k)
+            if a is None or b is None:
+                continue
+            va, vb = (vectors.get(_vector_key(r["run"], r["model"], r["k"], r["lam"], r["p"])) for r in (a, b))
+            if va is None or vb is None:
+                continue
+            d = paired_difference(va, vb)
+            out.append({"a": a_model, "b": b_model, "k": k, "mean": d.mean, "se": d.se, "n": d.n})
+    return out
+
+
+def _paired_cell(d: dict, a: str, b: str, k, unpaired: float) -> str:
+    for x in d.get("paired") or []:
+        if (x["a"], x["b"], x["k"]) == (a, b, k):
+            return f"{x['mean']:+.4f} ± {x['se']:.4f}"
+    return f"{unpaired:+.4f}"
 
 
 # --------------------------------------------------------------------------- outputs
@@ -287,7 +359,10 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
              "(nDCG@100), reported on test users as mean ± standard error; (λ, p) is the chosen point. "
              "`edlae-opt` = numerical optimum of eq. 14 started from Algorithm 1 (only where affordable); "
              "its ratio column is the eq.-14 objective of the closed form over that of the optimum, and its "
-             "Δ is optimum − closed form test nDCG@100 at the same (λ, p).", ""]
+             "Δ is optimum − closed form test nDCG@100 at the same (λ, p). EDLAE − LAE is the difference of "
+             "the two chosen rows' test nDCG@100, ± its paired standard error (same test users) where both "
+             "rows come from runs that recorded per-user values (`figure1-<dataset>-per-user.npz`; runs from "
+             "2026-11-27 21:00 on), without one otherwise.", ""]
     for name, d in results["datasets"].items():
         rows = d["rows"]
         sp = d["main"]["split"]
@@ -314,7 +389,8 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
                   "|---:|---|---|---:|---|---:|---:|"]
         for k in d["ks"]:
             e, l, o = _row(rows, "edlae", k), _row(rows, "lae", k), _row(rows, "edlae-opt", k)
-            diff = (f"{e['test']['ndcg@100']['mean'] - l['test']['ndcg@100']['mean']:+.4f}" if e and l else "–")
+            diff = (_paired_cell(d, "edlae", "lae", k, e["test"]["ndcg@100"]["mean"] - l["test"]["ndcg@100"]["mean"])
+                    if e and l else "–")
             ratio = f"{o['extra']['objective_ratio']:.4f}" if o else "–"
             dd = (f"{o['extra']['test_ndcg_diff']:+.4f} ± {o['extra']['test_ndcg_diff_se']:.4f}" if o else "–")
             lines.append(f"| {k} | {_cell(e)} | {_cell(l)} | {diff} | {_cell(o)} | {ratio} | {dd} |")
@@ -430,6 +506,9 @@ def save_results(results: dict, path: Path) -> None:
     for stale in path.parent.glob(_dataset_file("*")):  # a dataset dropped by --fresh
         if stale.name not in index["datasets"].values():
             stale.unlink()
+    for stale in path.parent.glob("figure1-*-per-user.npz"):
+        if stale.name[len("figure1-"):-len("-per-user.npz")] not in index["datasets"]:
+            stale.unlink()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -505,6 +584,9 @@ def main() -> None:
     for path in args.imports:
         other = load_results(path)
         results["datasets"].update(other["datasets"])
+        for name in other["datasets"]:
+            if _vectors_file(path.parent, name).exists() and path.parent.resolve() != args.out.resolve():
+                _save_vectors(args.out, name, _load_vectors(path.parent, name))
         log.info("imported %s from %s", ", ".join(other["datasets"]), path)
     for d in results["datasets"].values():
         _label_runs(d)

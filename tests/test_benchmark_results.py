@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 FIGURE1 = Path(__file__).resolve().parent.parent / "benchmarks" / "figure1.py"
@@ -90,3 +91,16 @@ def test_figure1_runs_from_one_command_and_add_merges_a_second_grid_point(tmp_pa
     assert {(r["model"], r["k"]) for r in d["rows"]} == {("edlae", 2), ("edlae", 5), ("lae", 2), ("lae", 5),
                                                         ("full-rank", None)}
     assert "## tiny (40 items" in (out / "figure1.md").read_text()
+    # paired differences of the chosen rows, from the per-user values both runs recorded
+    with np.load(out / "figure1-tiny-per-user.npz") as z:
+        per_user = {key: z[key].astype(np.float64) for key in z.files}
+    assert len(per_user) == 2 * len(d["rows"])  # each run's chosen rows (a later run may replace a point)
+    paired = {(x["a"], x["b"], x["k"]): x for x in d["paired"]}
+    assert set(paired) >= {("edlae", "lae", 2), ("edlae", "lae", 5), ("edlae", "full-rank", 5)}
+    for (a, b, k), x in paired.items():
+        ra = next(r for r in d["rows"] if (r["model"], r["k"]) == (a, k))
+        rb = next(r for r in d["rows"] if (r["model"], r["k"]) == (b, None if b == "full-rank" else k))
+        diff = (per_user[f"{ra['run']}|{a}|{k}|{ra['lam']:g}|{ra['p']:g}"]
+                - per_user[f"{rb['run']}|{b}|{rb['k']}|{rb['lam']:g}|{rb['p']:g}"])
+        assert x["mean"] == pytest.approx(ra["test"]["ndcg@100"]["mean"] - rb["test"]["ndcg@100"]["mean"], abs=1e-6)
+        assert x["se"] == pytest.approx(np.nanstd(diff, ddof=1) / np.sqrt(np.sum(~np.isnan(diff))), rel=1e-5)

@@ -13,6 +13,7 @@ from edlae_dask.cli import cli
 from edlae_dask.errors import MemoryBudgetError, ParameterError
 from edlae_dask.evaluation import (
     Evaluator,
+    GridResult,
     autoencoder_error_bound,
     closed_form_dense,
     evaluate,
@@ -20,6 +21,8 @@ from edlae_dask.evaluation import (
     objective_eq14,
     objective_eq15,
     objective_eq15_closed_form,
+    paired_difference,
+    summarize,
 )
 from edlae_dask.evaluation.dense import PANELS, DenseWorkspace, eigensolve, plan_memory
 from edlae_dask.evaluation.objectives import objective_eq14_grad
@@ -75,7 +78,8 @@ def oracle_grid(X, split):
                     per = {}
                     for name, h in (("valid", split.valid), ("test", split.test)):
                         S = h.fold_in.toarray() @ W
-                        per[name] = oracle_metrics(S, h.fold_in, h.targets).mean(axis=0)
+                        per[f"{name}_per_user"] = oracle_metrics(S, h.fold_in, h.targets)
+                        per[name] = per[f"{name}_per_user"].mean(axis=0)
                     res[(model, k, lam, p)] = per
     return res
 
@@ -140,6 +144,35 @@ def test_every_model_and_grid_point_equals_the_dense_oracle(backend, request, or
             got = [summaries[m].mean for m in ("ndcg@100", "recall@20", "recall@50")]
             np.testing.assert_allclose(got, want[name], rtol=0, atol=1e-9, err_msg=f"{g.model} {g.k} {g.lam} {g.p} {name}")
         assert g.valid["ndcg@100"].n == split.valid.n_users and g.test["ndcg@100"].n == split.test.n_users
+
+
+@pytest.mark.parametrize("backend", ["threaded", "dense"])
+def test_per_user_test_values_equal_the_oracle_and_give_the_paired_difference(backend, request, oracle):
+    report, split = request.getfixturevalue(backend)
+    for g in report.grid:
+        assert g.test_per_user.shape == (split.test.n_users, 3)
+        np.testing.assert_allclose(g.test_per_user, oracle[(g.model, g.k, g.lam, g.p)]["test_per_user"],
+                                   rtol=0, atol=1e-9, err_msg=f"{g.model} {g.k} {g.lam} {g.p}")
+    a, b = report.best("edlae", KS[-1]), report.best("lae", KS[-1])
+
+    d = paired_difference(a, b)
+
+    diff = (oracle[(a.model, a.k, a.lam, a.p)]["test_per_user"][:, 0]
+            - oracle[(b.model, b.k, b.lam, b.p)]["test_per_user"][:, 0])
+    assert d.n == split.test.n_users
+    assert d.mean == pytest.approx(diff.mean(), abs=1e-12)
+    assert d.se == pytest.approx(diff.std(ddof=1) / math.sqrt(diff.size), rel=1e-9)
+    assert d.mean == pytest.approx(a.test["ndcg@100"].mean - b.test["ndcg@100"].mean, abs=1e-12)
+    assert "test_per_user" not in json.dumps(report.as_dict())  # JSON keeps the summaries only
+
+
+def test_a_paired_difference_needs_per_user_values():
+    s = summarize([0.1, 0.2])
+    read_back = GridResult(model="edlae", k=5, lam=1.0, p=0.1, valid={"ndcg@100": s}, test={"ndcg@100": s})
+    with pytest.raises(ValueError, match="no per-user test values"):
+        paired_difference(read_back, read_back)
+    with pytest.raises(ValueError, match="same test users"):
+        paired_difference(np.zeros(3), np.zeros(4))
 
 
 @pytest.mark.parametrize("backend", ["threaded", "dense"])

@@ -30,7 +30,7 @@ from edlae_dask.evaluation.objectives import (
     objective_eq15,
     objective_eq15_closed_form,
 )
-from edlae_dask.evaluation.search import EvaluationReport, Evaluator, GridResult, evaluate
+from edlae_dask.evaluation.search import EvaluationReport, Evaluator, GridResult, evaluate, paired_difference
 from edlae_dask.evaluation.split import HeldOut, Split, strong_generalization_split
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "objective_eq14",
     "objective_eq15",
     "objective_eq15_closed_form",
+    "paired_difference",
     "recall_at_k",
     "strong_generalization_split",
     "summarize",

@@ -108,6 +108,9 @@ class GridResult:
     valid: dict
     test: dict
     extra: dict = field(default_factory=dict)
+    #: Per test user, the metrics in :data:`METRIC_NAMES` order, shape (n_test_users, 3), NaN for a
+    #: user without targets; kept for paired comparisons (:func:`paired_difference`), not serialized.
+    test_per_user: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         return {
@@ -623,7 +626,8 @@ class Evaluator:
             if key != "full":
                 extra.update(eig_info[key[0]])
             for m in names:
-                out.append(GridResult(model=m, k=k, lam=lam, p=p, valid=valid, test=test, extra=dict(extra)))
+                out.append(GridResult(model=m, k=k, lam=lam, p=p, valid=valid, test=test, extra=dict(extra),
+                                      test_per_user=per_user[nv:]))
         return out
 
     def _point_dask(self, pt: tuple, tasks: set, ks, opts) -> tuple[dict, dict, dict]:
@@ -775,7 +779,8 @@ class Evaluator:
                 "test_ndcg_diff": st["ndcg@100"].mean - float(np.nanmean(closed[nv:, 0])),
                 "test_ndcg_diff_se": _paired_se(opt[nv:, 0], closed[nv:, 0]),
             })
-            grid.append(GridResult(model="edlae-opt", k=k, lam=lam, p=p, valid=sv, test=st, extra=extra))
+            grid.append(GridResult(model="edlae-opt", k=k, lam=lam, p=p, valid=sv, test=st, extra=extra,
+                                   test_per_user=opt[nv:]))
         chosen = _choose(grid)
         for r in chosen:
             base = next(b for b in rows if b.model == "edlae" and b.k == r.k)
@@ -817,6 +822,37 @@ def _on_worker() -> bool:
 
 def _paired_se(a: np.ndarray, b: np.ndarray) -> float:
     return summarize(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).se
+
+
+def paired_difference(a, b, metric: str = SELECT_BY) -> MetricSummary:
+    """Mean of ``a − b`` over the same test users, with its paired standard error.
+
+    Both models are scored on the same held-out users, so the difference's standard
+    error is that of the per-user differences — much smaller than the two models' own
+    errors combined where they rank alike (the users' spread in difficulty cancels).
+
+    Parameters
+    ----------
+    a, b : GridResult or ndarray
+        Results of one :meth:`Evaluator.run` (or of runs on the same split), or their
+        per-user test values of ``metric`` (1-D, the test users in the same order).
+    metric : str
+        One of :data:`METRIC_NAMES`.
+    """
+    def values(r):
+        if isinstance(r, GridResult):
+            if r.test_per_user is None:
+                raise ValueError(f"{r.model} (k={r.k}, λ={r.lam:g}, p={r.p:g}) has no per-user test values "
+                                 "(results read back from JSON keep only the summaries); rerun it")
+            return r.test_per_user[:, METRIC_NAMES.index(metric)]
+        return np.asarray(r, dtype=np.float64)
+
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {METRIC_NAMES}, not {metric!r}")
+    va, vb = values(a), values(b)
+    if va.shape != vb.shape:
+        raise ValueError(f"paired values need the same test users: {va.shape} vs {vb.shape}")
+    return summarize(np.asarray(va, dtype=np.float64) - np.asarray(vb, dtype=np.float64))
 
 
 def _plan(models, lams, ps) -> dict:
