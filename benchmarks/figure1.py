@@ -497,18 +497,19 @@ def save_results(results: dict, path: Path) -> None:
     (the three tuned datasets together are ~2 MB). Each file is written whole to a temporary
     name and renamed, dataset files before the index that names them.
     """
+    before = set()
+    if path.exists():
+        with contextlib.suppress(ValueError, AttributeError):
+            before = set(json.loads(path.read_text()).get("datasets", {}))
     index = {k: v for k, v in results.items() if k != "datasets"}
     index["datasets"] = {}
     for name, d in results.get("datasets", {}).items():
         _write_atomic(path.parent / _dataset_file(name), _dumps(d))
         index["datasets"][name] = _dataset_file(name)
     _write_atomic(path, json.dumps(index, indent=1, default=str))
-    for stale in path.parent.glob(_dataset_file("*")):  # a dataset dropped by --fresh
-        if stale.name not in index["datasets"].values():
-            stale.unlink()
-    for stale in path.parent.glob("figure1-*-per-user.npz"):
-        if stale.name[len("figure1-"):-len("-per-user.npz")] not in index["datasets"]:
-            stale.unlink()
+    for name in before - set(index["datasets"]):  # dropped by --fresh; other files in the folder are left alone
+        for stale in (path.parent / _dataset_file(name), _vectors_file(path.parent, name)):
+            stale.unlink(missing_ok=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:

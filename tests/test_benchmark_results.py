@@ -42,9 +42,11 @@ def test_a_dataset_no_longer_in_the_results_loses_its_file(tmp_path, figure1):
     results = figure1.load_results(path)
     del results["datasets"]["b"]
 
+    (tmp_path / "figure1-a-before-tuning.json").write_text("{}")  # not the index's: left alone
     figure1.save_results(results, path)
 
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["figure1-a.json", "figure1.json"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["figure1-a-before-tuning.json", "figure1-a.json",
+                                                               "figure1.json"]
 
 
 def test_an_index_from_before_the_split_is_read_as_it_is(tmp_path, figure1):
