@@ -777,7 +777,7 @@ class Evaluator:
                 "closed_form_exact_eigh_test_ndcg": float(np.nanmean(closed[nv:, 0])),
                 "valid_ndcg_diff": sv[SELECT_BY].mean - float(np.nanmean(closed[:nv, 0])),
                 "test_ndcg_diff": st["ndcg@100"].mean - float(np.nanmean(closed[nv:, 0])),
-                "test_ndcg_diff_se": _paired_se(opt[nv:, 0], closed[nv:, 0]),
+                "test_ndcg_diff_se": paired_difference(opt[nv:, 0], closed[nv:, 0]).se,
             })
             grid.append(GridResult(model="edlae-opt", k=k, lam=lam, p=p, valid=sv, test=st, extra=extra,
                                    test_per_user=opt[nv:]))
@@ -818,10 +818,6 @@ def _on_worker() -> bool:
         return True
     except (ImportError, ValueError):
         return False
-
-
-def _paired_se(a: np.ndarray, b: np.ndarray) -> float:
-    return summarize(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).se
 
 
 def paired_difference(a, b, metric: str = SELECT_BY) -> MetricSummary:
