@@ -58,10 +58,11 @@ def build(workdir: Path, gpu: bool = False) -> None:
     import dask
     import dask.array as da
 
-    from edlae_dask.gram import gram
+    from edlae_dask.dense.gram import gram
     from edlae_dask.io.interactions import open_interactions
     from edlae_dask.linalg import spd_inverse
-    from edlae_dask.model import regularize, student_matrix, teacher_scaling
+    from edlae_dask.dense.student import student_matrix
+    from edlae_dask.dense.teacher import regularize, teacher_scaling
 
     m_path, w_path = workdir / "M-float32.npy", workdir / "M-eigvals-float64.npy"
     if not (workdir / "interactions.zarr").exists():  # a fresh machine: make bench_table1's set

@@ -10,17 +10,17 @@ The CPU path (``bench_table1.py``) stays the reference and the library's default
 What runs: the library's own Dask graphs, with their numpy/LAPACK kernels swapped for array-API
 ones (:func:`retarget`), so every block of every stage is a ``cupy`` array on the device:
 
-* ``gram``: :func:`edlae_dask.gram.gram` over the interaction store's user shards (the same
+* ``gram``: :func:`edlae_dask.dense.gram.gram` over the interaction store's user shards (the same
   tasks, item blocks and tree reduction); each shard's blocks go to the device as
   ``cupyx.scipy.sparse`` matrices, and a block of XᵀX is ``Xᵀ_I · dense(X_J)`` (cuSPARSE SpMM),
   where the CPU library multiplies two sparse blocks;
-* ``inverse``: P = G + Λ (:func:`edlae_dask.model.regularize`), then ``--inverse blocked`` (the
+* ``inverse``: P = G + Λ (:func:`edlae_dask.dense.teacher.regularize`), then ``--inverse blocked`` (the
   default): :func:`edlae_dask.linalg.spd_inverse`'s tile Cholesky → L⁻¹ → LᵀL graph with
   ``cupy.linalg.cholesky`` (cuSOLVER potrf), ``cupyx.scipy.linalg.solve_triangular`` (cuBLAS trsm)
   and cuBLAS products on the blocks; or ``--inverse whole``: one ``cholesky`` of the whole n × n
   matrix, W = L⁻¹ by one triangular solve, C = WᵀW;
-* ``student``: d = 1 ⊘ diag(C) (:func:`edlae_dask.model.teacher_scaling`), M = P − 2D + DCD block by
-  block (:func:`edlae_dask.model.student_matrix`);
+* ``student``: d = 1 ⊘ diag(C) (:func:`edlae_dask.dense.teacher.teacher_scaling`), M = P − 2D + DCD block by
+  block (:func:`edlae_dask.dense.student.student_matrix`);
 * ``eigensolve``: the library's randomized subspace iteration (:mod:`edlae_dask.linalg.eigen`: the
   same seeded Gaussian start, l = k + ``default_n_oversamples(k)`` columns,
   ``DEFAULT_N_POWER_ITER`` passes, CholeskyQR2 re-orthonormalization with float64 Grams,
@@ -213,8 +213,9 @@ def make_backend(name: str):
 
 def make_kernels(be) -> dict:
     """Map the library's numpy kernels to xp ones (the keys are the library's own functions)."""
-    import edlae_dask.gram as gram_mod
-    import edlae_dask.model as model_mod
+    import edlae_dask.dense.gram as gram_mod
+    import edlae_dask.dense.student as student_mod
+    import edlae_dask.dense.teacher as teacher_mod
     from edlae_dask.errors import ModelFitError
     from edlae_dask.linalg import _kernels as K
 
@@ -268,8 +269,8 @@ def make_kernels(be) -> dict:
         gram_mod._load_shard_blocks: load_shard_blocks,
         gram_mod._gram_block_part: gram_block_part,
         np.transpose: xp.transpose,
-        model_mod._regularized_diagonal_block: regularized_diagonal_block,
-        model_mod._student_block: student_block,
+        teacher_mod._regularized_diagonal_block: regularized_diagonal_block,
+        student_mod._student_block: student_block,
         K.potrf_lower: potrf_lower,
         # L_ik = S_ik · L_kk⁻ᵀ
         K.chol_panel: lambda s_ik, l_kk: be.solve_triangular(l_kk, s_ik.T, lower=True).T,
@@ -293,11 +294,12 @@ def _library_functions() -> set:
     """Every function of the library modules whose graphs are retargeted (to catch a kernel we miss)."""
     import inspect
 
-    import edlae_dask.gram as gram_mod
-    import edlae_dask.model as model_mod
+    import edlae_dask.dense.gram as gram_mod
+    import edlae_dask.dense.student as student_mod
+    import edlae_dask.dense.teacher as teacher_mod
     from edlae_dask.linalg import _kernels as K
 
-    return {f for mod in (gram_mod, model_mod, K) for _, f in inspect.getmembers(mod, inspect.isfunction)}
+    return {f for mod in (gram_mod, teacher_mod, student_mod, K) for _, f in inspect.getmembers(mod, inspect.isfunction)}
 
 
 def retarget(arr, kernels: dict, meta, allowed: frozenset = frozenset()):
@@ -330,7 +332,7 @@ class Pipeline:
     """Algorithm 1 on ``be``'s arrays, stage by stage, with the library's graphs and defaults."""
 
     def __init__(self, be, dtype="float32", block_size=None, inverse="blocked", seed=0, eig_method=None):
-        import edlae_dask.gram as gram_mod
+        import edlae_dask.linalg.graph as graph_mod
 
         self.be, self.xp = be, be.xp
         self.dtype = np.dtype(dtype)
@@ -340,7 +342,7 @@ class Pipeline:
         self.eig_method = eig_method
         self.kernels = make_kernels(be)
         self.meta2 = self.xp.empty((0, 0), dtype=self.dtype)
-        self.allowed = frozenset({gram_mod._sum_blocks})  # plain copy and +=, fine on any xp array
+        self.allowed = frozenset({graph_mod.sum_blocks})  # plain copy and +=, fine on any xp array
 
     # small helpers ------------------------------------------------------------
 
@@ -362,7 +364,7 @@ class Pipeline:
     # stages -------------------------------------------------------------------
 
     def gram(self, store, block):
-        from edlae_dask.gram import gram
+        from edlae_dask.dense.gram import gram
 
         return self.persist(self.rt(gram(store, block_size=block, dtype=self.dtype)))
 
@@ -370,7 +372,7 @@ class Pipeline:
         import dask.array as da
 
         from edlae_dask.linalg import spd_inverse
-        from edlae_dask.model import regularize
+        from edlae_dask.dense.teacher import regularize
 
         P = self.rt(regularize(G, lam, p))
         if self.inverse_mode == "blocked":
@@ -393,7 +395,7 @@ class Pipeline:
         return P, C, diag_c
 
     def student(self, P, C, d):
-        from edlae_dask.model import student_matrix
+        from edlae_dask.dense.student import student_matrix
 
         return self.persist(self.rt(student_matrix(P, C, d)))
 
@@ -577,7 +579,8 @@ class Pipeline:
 
     def run(self, store, k, lam, p):
         """Algorithm 1 end to end; returns host U, V and per-stage seconds and memory."""
-        from edlae_dask.model import TrainParams, teacher_scaling
+        from edlae_dask.config import TrainParams
+        from edlae_dask.dense.teacher import teacher_scaling
 
         be = self.be
         n = store.n_items
@@ -658,7 +661,7 @@ def _library_train(store, params, method: str):
     import inspect
 
     import edlae_dask.linalg as L
-    from edlae_dask.model import train
+    from edlae_dask.pipeline import train
 
     original = L.randomized_eigh
     if "method" in inspect.signature(original).parameters:  # train() takes it from edlae_dask.linalg when it runs
@@ -674,7 +677,7 @@ def check(be, args) -> dict:
     import scipy.sparse as sp
 
     from edlae_dask.io.interactions import read_shard
-    from edlae_dask.model import TrainParams
+    from edlae_dask.config import TrainParams
 
     sys.path.insert(0, str(HERE.parent / "tests"))
     from oracle import dense_algorithm1

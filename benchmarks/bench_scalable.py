@@ -79,7 +79,8 @@ def accuracy(args) -> None:
     from edlae_dask.evaluation.split import strong_generalization_split
     from edlae_dask.ingest import ingest
     from edlae_dask.io.interactions import open_interactions, write_interactions
-    from edlae_dask.model import TrainParams, train
+    from edlae_dask.config import TrainParams
+    from edlae_dask.pipeline import train
 
     work = args.workdir / args.dataset
     work.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,8 @@ def accuracy(args) -> None:
 def scale(args) -> None:
     from edlae_dask.cluster import connect
     from edlae_dask.io.interactions import write_interactions
-    from edlae_dask.model import TrainParams, train
+    from edlae_dask.config import TrainParams
+    from edlae_dask.pipeline import train
     from edlae_dask.scoring import score
     from edlae_dask.synthetic import make_interactions
 

@@ -163,7 +163,9 @@ def train_once(store: Path, k: int, *, workdir: Path, lam: float, p: float, dtyp
                n_workers=None) -> dict:
     """One end-to-end train() on a fresh embedded LocalCluster; stage times and memory."""
     from edlae_dask.cluster import connect
-    from edlae_dask.model import TrainParams, dense_memory_estimate, train
+    from edlae_dask.config import TrainParams
+    from edlae_dask.pipeline import train
+    from edlae_dask.planning import dense_memory_estimate
 
     params = TrainParams(k=k, lam=lam, p=p, dtype=dtype, block_size=block_size, seed=seed).validate()
     load_before = os.getloadavg()

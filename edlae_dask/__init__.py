@@ -15,8 +15,8 @@ from edlae_dask._version import __version__
 # Public names, imported on first use so `import edlae_dask` (and the CLI) stay light.
 _LAZY = {
     "EDLAE": "edlae_dask.model",
-    "TrainParams": "edlae_dask.model",
-    "train": "edlae_dask.model",
+    "TrainParams": "edlae_dask.config",
+    "train": "edlae_dask.pipeline",
     "EdlaeError": "edlae_dask.errors",
     "Factors": "edlae_dask.io.factors",
     "open_factors": "edlae_dask.io.factors",

@@ -145,7 +145,8 @@ def train(interactions, out, overwrite, k, lam, p, dtype, seed, block_size, n_ov
           train_path, neighbors, neighbor_score, cluster, n_workers, progress, checkpoint_dir, storage_options):
     """Train U, V of Algorithm 1 on an interaction store and publish them to a factor store."""
     from edlae_dask.cluster import connect
-    from edlae_dask.model import TrainParams, train as run_train
+    from edlae_dask.config import TrainParams
+    from edlae_dask.pipeline import train as run_train
 
     params = TrainParams(k=k, lam=lam, p=p, dtype=dtype, seed=seed, block_size=block_size,
                          n_oversamples=n_oversamples, n_power_iter=n_power_iter, path=train_path,
@@ -191,7 +192,8 @@ def demo(workdir, n_users, n_items, k, lam, p, dtype, seed, block_size, n_oversa
 
     from edlae_dask.cluster import connect
     from edlae_dask.ingest import ingest as run_ingest
-    from edlae_dask.model import TrainParams, train as run_train
+    from edlae_dask.config import TrainParams
+    from edlae_dask.pipeline import train as run_train
     from edlae_dask.synthetic import make_interactions
 
     work = Path(workdir)

@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 
 from edlae_dask.errors import ParameterError
-from edlae_dask.jobspec import check_keys, check_type, read_yaml_mapping
+from edlae_dask.config import check_keys, check_type, read_yaml_mapping
 
 log = logging.getLogger("edlae_dask.cluster")
 

@@ -34,3 +34,24 @@ class ModelFitError(EdlaeError):
 
 class MemoryBudgetError(EdlaeError):
     """The problem will not fit in the memory the cluster has."""
+
+
+def worker_died(exc: BaseException, during: str, hint: str = "") -> ModelFitError | None:
+    """The error to raise when ``exc`` is Dask's ``KilledWorker`` (a task's worker died repeatedly); else None.
+
+    One message for every stage: what was running, the two causes seen in practice
+    (memory, a BLAS crash) and their fixes, then the stage's own ``hint``.
+    """
+    try:
+        from distributed import KilledWorker
+    except ImportError:  # no distributed scheduler, no dying workers
+        return None
+    if not isinstance(exc, KilledWorker):
+        return None
+    task = exc.args[0] if exc.args else "a task"
+    return ModelFitError(
+        f"a Dask worker died repeatedly while {during} ({task}): most often it ran out of memory (see the worker "
+        "logs; lower --block-size or add memory), or its BLAS crashed (OpenBLAS's SkylakeX float64 kernels have "
+        "segfaulted in large Cholesky calls: start the workers with OPENBLAS_CORETYPE=Haswell)"
+        + (f". {hint}" if hint else "")
+    )

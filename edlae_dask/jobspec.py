@@ -32,6 +32,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from edlae_dask.config import check_keys, check_type, read_yaml_mapping
 from edlae_dask.errors import EdlaeError, ParameterError
 
 JOBS = ("ingest", "train", "score", "evaluate")
@@ -47,61 +48,7 @@ INPUT_KEYS = {"ingest": ("source",), "train": ("interactions",), "score": ("fact
               "evaluate": ("interactions",)}
 _OWN_OPTIONS = ("spec_file", "check")  # added by SpecCommand; never spec keys
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
-               dict: "a mapping", type(None): "null"}
-
-
-# --------------------------------------------------------------------------- generic spec checks
-
-
-def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
-    """Read a YAML file that must hold a mapping, as data only (``yaml.safe_load``).
-
-    Raises
-    ------
-    ParameterError
-        The file is missing, is not YAML, or does not hold a mapping with string keys.
-    """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"{what} {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"{what} {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ParameterError(f"{what} {path} must hold a mapping of keys to values, not "
-                             f"{type(data).__name__ if data is not None else 'nothing'}")
-    for key in data:
-        if not isinstance(key, str):
-            raise ParameterError(f"{what} {path}: key {key!r} must be a string")
-    return data
-
-
-def check_keys(data: dict, allowed, where: str) -> None:
-    """Reject keys not in ``allowed``, naming the nearest valid key."""
-    for key in data:
-        if key in allowed:
-            continue
-        normal = {k.replace("_", "-").lower(): k for k in allowed}
-        near = difflib.get_close_matches(str(key).replace("_", "-").lower(), list(normal), n=1, cutoff=0.6)
-        hint = f"; did you mean {normal[near[0]]!r}?" if near else ""
-        raise ParameterError(f"{where}: unknown key {key!r}{hint} Valid keys: {', '.join(sorted(allowed))}")
-
-
-def check_type(value, types: tuple, key: str, where: str) -> None:
-    """Require ``value`` to be one of ``types`` (a bool is not an int; list items must be strings)."""
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-    if ok and isinstance(value, list):
-        ok = all(isinstance(v, str) for v in value)
-    if not ok:
-        named = [t for t in types if not (t is int and float in types)]  # "a number" covers integers
-        expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in named)
-        if list in types:
-            expected = expected.replace("a list", "a list of strings")
-        raise ParameterError(f"{where}: {key!r} must be {expected}, not {value!r} ({type(value).__name__})")
+# --------------------------------------------------------------------------- the click parameter types
 
 
 class JsonMapping(click.ParamType):

@@ -26,7 +26,7 @@ from edlae_dask.evaluation import (
 )
 from edlae_dask.evaluation.dense import PANELS, DenseWorkspace, eigensolve, plan_memory
 from edlae_dask.evaluation.objectives import objective_eq14_grad
-from edlae_dask.gram import gram
+from edlae_dask.dense.gram import gram
 from edlae_dask.io.interactions import write_interactions
 
 LAMS, PS, KS = (2.0, 60.0), (0.0, 0.4), (2, 4)  # the student spectra have gaps after 2 and 4

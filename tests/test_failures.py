@@ -21,7 +21,8 @@ from edlae_dask.errors import ModelFitError
 from edlae_dask.io.factors import FactorWriter, open_factors
 from edlae_dask.io.interactions import write_interactions
 from edlae_dask.io.recommendations import done_shards, open_recommendations
-from edlae_dask.model import TrainParams, train
+from edlae_dask.config import TrainParams
+from edlae_dask.pipeline import train
 from edlae_dask.scoring import score
 
 pytestmark = pytest.mark.cluster

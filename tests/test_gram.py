@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import random_interactions
-from edlae_dask.gram import gram, item_blocks
+from edlae_dask.dense.gram import gram, item_blocks
 from edlae_dask.io.interactions import write_interactions
 
 

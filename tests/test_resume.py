@@ -13,7 +13,8 @@ from cluster_procs import LineWatcher, dask_cluster, edlae_cmd, kill_group, spaw
 from conftest import clustered_interactions
 from edlae_dask.io.factors import open_factors
 from edlae_dask.io.interactions import write_interactions
-from edlae_dask.model import TrainParams, train
+from edlae_dask.config import TrainParams
+from edlae_dask.pipeline import train
 
 PARAMS = TrainParams(k=4, lam=3.0, p=0.2, dtype="float64", block_size=16, seed=5, path="dense")
 # tasks of the stages a checkpoint replaces (see edlae_dask.gram and edlae_dask.linalg.inverse)

@@ -63,7 +63,7 @@ def emphasis_diagonal(diag_g: np.ndarray, lam: float, p: float) -> np.ndarray:
 
 def scaling(model: str, diag_c: np.ndarray, diag_g: np.ndarray, lam: float, p: float, dtype) -> np.ndarray:
     """The vector d of ``B_d = I − C·diagM(d)`` for ``model`` (see the module docstring)."""
-    from edlae_dask.model import teacher_scaling
+    from edlae_dask.dense.teacher import teacher_scaling
 
     if model == "lae":
         return emphasis_diagonal(diag_g, lam, p).astype(dtype)

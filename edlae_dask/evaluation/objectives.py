@@ -256,7 +256,7 @@ def autoencoder_error_bound(X, k: int, *, block_size: int | None = None, dtype=n
     import dask
     import dask.array as da
 
-    from edlae_dask.gram import gram
+    from edlae_dask.dense.gram import gram
     from edlae_dask.io.interactions import InteractionStore, open_interactions
     from edlae_dask.linalg import randomized_eigh
 

@@ -79,12 +79,13 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
-from edlae_dask.errors import EdlaeError, MemoryBudgetError, ModelFitError, ParameterError
+from edlae_dask.errors import EdlaeError, MemoryBudgetError, ModelFitError, ParameterError, worker_died
 from edlae_dask.evaluation.dense import DenseWorkspace, as_dask, eigensolve, plan_memory
 from edlae_dask.evaluation.metrics import METRICS, MetricSummary, summarize
 from edlae_dask.evaluation.models import FULL_RANK, emphasis_diagonal, parse_models, scaling
 from edlae_dask.evaluation.scoring import DEFAULT_BATCH_ROWS, fullrank_metrics, lowrank_metrics, put_heldout
 from edlae_dask.evaluation.split import Split, strong_generalization_split
+from edlae_dask.linalg.graph import persist
 
 __all__ = ["GridResult", "EvaluationReport", "Evaluator", "evaluate"]
 
@@ -332,9 +333,9 @@ class Evaluator:
                  target_fraction: float = 0.2, dtype: str = "float32", block_size: int | None = None,
                  client=None, split: Split | None = None, backend: str = "dask", memory_limit: int | None = None,
                  storage_options=None):
-        from edlae_dask.gram import gram
+        from edlae_dask.dense.gram import gram
         from edlae_dask.io.interactions import InteractionStore, open_interactions
-        from edlae_dask.model import MAX_BLOCK_SIZE
+        from edlae_dask.planning import MAX_BLOCK_SIZE
 
         t0 = time.perf_counter()
         self.store = (store if isinstance(store, InteractionStore)
@@ -425,13 +426,8 @@ class Evaluator:
         return dask.config.set(scheduler="threads")
 
     def _persist(self, x):
-        if self.client is not None:
-            from distributed import wait
-
-            x = self.client.persist(x)
-            wait(x)
-            return x
-        return x.persist(scheduler="threads")
+        with self._scheduler():
+            return persist(x, self.client)
 
     def _check_shared_memory(self, n: int) -> None:
         from edlae_dask.cluster import cluster_memory
@@ -605,11 +601,10 @@ class Evaluator:
         except EdlaeError as exc:
             raise type(exc)(f"grid point λ={lam:g}, p={p:g}: {exc}") from exc
         except Exception as exc:
-            if type(exc).__name__ == "KilledWorker":
-                raise ModelFitError(
-                    f"grid point λ={lam:g}, p={p:g}: a Dask worker died repeatedly (most often out of memory: "
-                    "lower max_concurrent / --max-concurrent or the block size, or add memory)"
-                ) from exc
+            died = worker_died(exc, f"evaluating grid point λ={lam:g}, p={p:g}",
+                               "Fewer grid points at once (--max-concurrent) also lowers the memory needed")
+            if died is not None:
+                raise died from exc
             raise
         seconds = time.perf_counter() - t0
         out = []
@@ -633,7 +628,8 @@ class Evaluator:
     def _point_dask(self, pt: tuple, tasks: set, ks, opts) -> tuple[dict, dict, dict]:
         """One grid point as Dask graphs on the cluster (inverse, students, scores all persisted there)."""
         from edlae_dask.linalg import randomized_eigh, spd_inverse
-        from edlae_dask.model import regularize, student_factors, student_matrix
+        from edlae_dask.dense.student import student_factors, student_matrix
+        from edlae_dask.dense.teacher import regularize
 
         lam, p = pt
         held = self._held

@@ -4,7 +4,7 @@ Every function here takes and returns plain NumPy blocks, is pure (it never
 modifies its arguments), and computes in the dtype of its inputs (``spotrf``
 for float32, ``dpotrf`` for float64, ...). ``numpy.linalg`` is avoided on
 purpose: it computes float32 input in float64 (slower, ~7x the block in
-temporaries; see shared/notes/measured-2026-11.md).
+temporaries; see benchmarks/results/measured-2026-11.md).
 
 The routines are SciPy's own BLAS/LAPACK (the public Cython API,
 :mod:`scipy.linalg.cython_blas` / :mod:`scipy.linalg.cython_lapack`), called
@@ -241,7 +241,7 @@ def potrf_lower(s_kk: np.ndarray, offset: int) -> np.ndarray:
     Notes
     -----
     float64 ``dpotrf`` on one *single large* matrix (n >= 16,000) segfaults with
-    OpenBLAS's SkylakeX kernels on the machines in shared/notes/measured-2026-11.md
+    OpenBLAS's SkylakeX kernels on the machines in benchmarks/results/measured-2026-11.md
     (fine with OPENBLAS_CORETYPE=Haswell or one BLAS thread). Our blocks are the
     caller's chunk size, normally at most a few thousand, far below that, so the
     blocked algorithm avoids the crash; do not pass chunks >= 16,000 in float64.

@@ -31,6 +31,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from edlae_dask.errors import ModelFitError, ParameterError
 from edlae_dask.linalg import _kernels as K
+from edlae_dask.linalg import graph
 
 __all__ = [
     "EighResult",
@@ -47,43 +48,14 @@ logger = logging.getLogger("edlae_dask.linalg")
 #: Methods of :func:`randomized_eigh`.
 EIGEN_METHODS = ("subspace", "krylov")
 
-# Defaults chosen by measurement (benchmarks/bench_eigen_k.py, results in
-# benchmarks/results/eigen-k.{json,md}, 2026-11-27): on the MovieLens-20M-shaped M = BᵀPB
-# (n = 20,108, λ = 50, p = 0.25, float32), the eq.-15 objective tr(M) − tr(VᵀMV) over the exact
-# top-k one (float64 eigvalsh of M), relative; target ≤ 1e-3. Cost in matrix–vector columns:
-#
-#   k = 10:   subspace l = 2k, q = 3                     100 columns   5.5e-3  (fails)
-#             subspace l = k + 50, q = 3                   300           < 1e-8
-#   k = 100:  subspace l = 2k, q = 3                     1,000           3.7e-6
-#   k = 500:  subspace l = 2k, q = 3 (5 passes)        5,000 columns   7.1e-4
-#             subspace l = 1.5k, q = 4 (6 passes)      4,500           9.1e-4
-#             Krylov b = k/4, 11 blocks (RR dim 2.75k)  1,500           2.3e-4
-#   k = 1000: subspace l = 2k, q = 3                  10,000           8.5e-4
-#             subspace l = 1.5k, q = 4                 9,000           1.3e-3  (fails)
-#             subspace l = 1.1k … 1.25k, q = 4     6,600–7,500     3.1e-3 … 5.4e-3 (fail)
-#             Krylov b = k/2, 6 blocks (3k)            3,500           1.0e-3  (borderline)
-#             Krylov b = k/4, 11 blocks (2.75k)        3,000           5.3e-4
-#             Krylov b = k/4, 12 blocks (3k)           3,250           1.7e-4
-#   k = 2000: Krylov b = k/4, 10 / 11 / 12 blocks     5,500 / 6,000 / 6,500   1.2e-3 / 3.1e-4 / 5.7e-5
-#
-# Krylov with 12 blocks of k/4 (the rule) against l = 2k, q = 3, timed in one run (2 threads,
-# one BLAS thread each): k = 500 19 s vs 36 s, k = 1000 43 s vs 90 s; k = 2000 156 s. In Table 1
-# (2-worker cluster) the eigensolve stage went from 107 to 77 s at k = 1000 and from 376 to 189 s
-# at k = 2000. k = 5000: 12 blocks 3e-7, 8 blocks 5.6e-3, 10 blocks 8.9e-5 (the Table-1 run of the
-# rule below, KRYLOV_LARGE_K_BLOCKS).
-#
-# Oversampling matters more than passes for subspace iteration here (neighbouring eigenvalues
-# are close: λ_1000 = 207, λ_2000 = 133), so l = 2k stays its rule; block Krylov with narrow
-# blocks reaches the target with a third of the columns. Below k = 500 the subspace rule (also
-# measured on ml-1m and beibei for k = 10, 100, 500 by benchmarks/bench_linalg.py) stays, with
-# at least 50 extra columns.
+# The defaults below were chosen by measurement on the MovieLens-20M-shaped M = BᵀPB against the exact
+# eq.-15 objective (target: excess ≤ 1e-3); the runs behind each are in benchmarks/results/eigen-defaults.md.
 
 #: Power iterations of the subspace method.
 DEFAULT_N_POWER_ITER = 3
 
-#: Least oversampling of the subspace method. At k = 10 on the ML-20M-shaped M, l = 2k = 20 left
-#: 5.5e-3 of excess after 5 passes (the top eigenvalues there are not separated: λ₁₀ = 43,055);
-#: l = 60 gave 2.3e-8 after 4 and −1e-9 after 5, for 300 columns.
+#: Least oversampling of the subspace method (l = 2k alone fails at small k, where the top
+#: eigenvalues are not separated).
 SUBSPACE_MIN_OVERSAMPLES = 50
 
 #: From this k on, block Krylov is the default method.
@@ -92,12 +64,8 @@ KRYLOV_MIN_K = 500
 #: Default Krylov rule: q + 1 = 12 blocks of ceil(k / 4) columns, a Rayleigh–Ritz space of 3k.
 KRYLOV_N_POWER_ITER = 11
 KRYLOV_OVERSAMPLE_FRACTION = 2.0
-#: ... but 10 blocks (2.5k) where 3k > n / 2 (k > n / 6). There the Rayleigh–Ritz step, a dense
-#: float64 eigh of the 3k × 3k projected matrix on the client (~d³, memory-bound tridiagonalization),
-#: outweighs the passes over M: at k = 5,000 of n = 20,108 it took 1,046 of Table 1's 1,707 s. Measured
-#: there (bench_eigen_k.py defaults --krylov-blocks): 12 blocks 3e-7 excess, 8 blocks 5.6e-3 (fails);
-#: 10 blocks gave 8.9e-5 (benchmarks/bench_table1.py --ks 5000: 864 s end to end, of which 379 s
-#: Rayleigh–Ritz on 12,500 dims, where the 12-block run spent 1,046 s on 15,000).
+#: ... but 10 blocks (2.5k) where 3k > n / 2 (k > n / 6): there the Rayleigh–Ritz step, a dense
+#: float64 eigh of the 3k × 3k projected matrix on the client, outweighs the passes over M.
 KRYLOV_LARGE_K_BLOCKS = 10
 
 
@@ -342,11 +310,6 @@ def _gram_self(a: np.ndarray) -> np.ndarray:
     return _k_gram(a, None)
 
 
-def _persist(x: da.Array) -> da.Array:
-    (x,) = dask.persist(x)
-    return x
-
-
 def _k_cholesky_upper(G: np.ndarray) -> np.ndarray:
     """R (upper) with RᵀR = G; raises numpy.linalg.LinAlgError when G is not positive definite."""
     return scipy.linalg.cholesky(0.5 * (G + G.T), lower=False)
@@ -408,7 +371,7 @@ def _orthonormalize(Y: da.Array, twice: bool = True, also=()) -> tuple:
         R, *rest = dask.compute(R, *rest)
     except np.linalg.LinAlgError:
         rest = dask.compute(*also)
-        Qt, Rt = dask.persist(*da.linalg.tsqr(_persist(Y)))
+        Qt, Rt = dask.persist(*da.linalg.tsqr(graph.persist(Y, wait=False)))
         Q, R = Qt, Rt.compute()
     return (Q, np.asarray(R, dtype=np.float64), *(np.asarray(x, dtype=np.float64) for x in rest))
 
@@ -546,7 +509,7 @@ def randomized_eigh(
     then Rayleigh–Ritz ``Z = M Q``, ``T = Qᵀ Z``, ``T = W Θ Wᵀ``, ``V = Q W_k``.
     Every pass re-orthonormalizes (dask's ``svd_compressed`` default
     ``iterator='power'`` does not, and diverged on EDLAE's M in
-    shared/notes/measured-2026-11.md). Residuals come from ``Z W_k − V Θ_k``
+    benchmarks/results/measured-2026-11.md). Residuals come from ``Z W_k − V Θ_k``
     without another application of ``M``. After each pass the sum of the top-k
     singular values of ``M Q`` (free from the QR's R factor) is logged.
 
@@ -627,7 +590,7 @@ class _Solver:
         if Y.chunks != Q.chunks:
             Y = Y.rechunk(Q.chunks)
         self.n_matvecs += 1
-        return _persist(Y) if persist else Y
+        return graph.persist(Y, wait=False) if persist else Y
 
     def report(self, dim: int, cols: int, ritz: np.ndarray | None, extra_seconds: float) -> None:
         self.monitor_seconds += extra_seconds
@@ -750,7 +713,7 @@ class _Solver:
         res_norm = np.sqrt(np.maximum(np.einsum("ij,ij->j", w_last, F @ w_last), 0.0))
         # persisted, and the basis released before the signs are applied: forming V = Q·W twice (as
         # this did) costs another 2·n·d·k flops (~a minute at k = 5,000), for the same peak memory
-        V0 = _persist(_rowwise(_k_combine, basis, _small([Wt]), k, self.dtype, "edlae-ritz-"))
+        V0 = graph.persist(_rowwise(_k_combine, basis, _small([Wt]), k, self.dtype, "edlae-ritz-"), wait=False)
         basis = Q = Qn = None
         V = self.finish(V0, theta, res_norm, tp)
         del V0
@@ -767,7 +730,7 @@ class _Solver:
         cand = np.asarray(cand.compute())
         best = np.argmax(np.abs(cand), axis=0)  # first block holding the column's largest |entry|
         signs = np.where(cand[best, np.arange(k)] < 0, -1.0, 1.0)
-        V = _persist(V0 * signs.astype(self.dtype))
+        V = graph.persist(V0 * signs.astype(self.dtype), wait=False)
         scale = np.maximum(np.abs(theta), np.finfo(np.float64).tiny * max(1.0, float(np.abs(theta).max())))
         self.residuals = res_norm / scale
         self.seconds = time.perf_counter() - self.t0 - self.monitor_seconds

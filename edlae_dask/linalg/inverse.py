@@ -246,7 +246,7 @@ def spd_inverse(A: da.Array) -> da.Array:
 
     The block size is the caller's choice. Keep float64 blocks below ~16,000
     rows: OpenBLAS's SkylakeX ``dpotrf`` segfaults on larger single matrices on
-    our machines (shared/notes/measured-2026-11.md).
+    our machines (benchmarks/results/measured-2026-11.md).
 
     Examples
     --------

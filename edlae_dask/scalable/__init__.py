@@ -11,7 +11,8 @@ At K = n − 1 every S_j is "all other items" and B is the dense teacher of
 Algorithm 1, so the path agrees with the dense one; the tests hold it to that.
 """
 
-from edlae_dask.scalable.neighbors import NEIGHBOR_SCORES, top_neighbors
+from edlae_dask.config import NEIGHBOR_SCORES
+from edlae_dask.scalable.neighbors import top_neighbors
 from edlae_dask.scalable.teacher import teacher_transpose, teacher_weights
 
 __all__ = ["NEIGHBOR_SCORES", "top_neighbors", "teacher_weights", "teacher_transpose"]

@@ -11,14 +11,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-#: How candidate neighbours are ranked: the co-occurrence count ``G_aj``, or its
-#: cosine ``G_aj / sqrt(G_aa·G_jj)`` (which favours less popular items).
-NEIGHBOR_SCORES = ("count", "cosine")
-
-#: Default K. On yelp-s3rec (20,031 items, k = 200) K = 64 came within 2 % of the dense
-#: path's nDCG@100 (above it) and K = 32 3 % below (benchmarks/bench_scalable.py); the
-#: teacher's cost grows as K³ per item, so larger K is for smaller catalogues.
-DEFAULT_NEIGHBORS = 64
+from edlae_dask.config import NEIGHBOR_SCORES
+from edlae_dask.errors import ParameterError
 
 
 def row_products_bound(X: sp.csr_matrix, XT: sp.csr_matrix) -> np.ndarray:
@@ -80,7 +74,7 @@ def top_neighbors(rows: sp.csr_matrix, first: int, K: int, diag_g: np.ndarray,
     elif score == "count":
         s = v
     else:
-        raise ValueError(f"score must be one of {NEIGHBOR_SCORES}, got {score!r}")
+        raise ParameterError(f"score must be one of {NEIGHBOR_SCORES}, got {score!r}")
     # by row, then strongest, ties to the lower item index: CSR rows hold ascending item
     # indices, and two stable sorts (score, then row) keep that order among equals
     order = np.argsort(-s, kind="stable")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import dask
 import dask.array as da
 import numpy as np
+
+from edlae_dask.linalg.graph import task
 
 
 def stack_rows(*blocks: np.ndarray) -> np.ndarray:
@@ -70,23 +71,21 @@ class StudentOperator:
 
     def __call__(self, Q: da.Array) -> da.Array:
         l = Q.shape[1]
-        delayed = dask.delayed(pure=True)
         # optimize_graph=False keeps the persisted blocks' futures in the graph: an optimized
         # copy refers to their keys only, and the scheduler may forget them before this runs
-        q_full = delayed(stack_rows)(*Q.to_delayed(optimize_graph=False).ravel())
-        y = [delayed(apply_sparse)(b, q_full) for b in self.b_rows]
-        y_full = delayed(stack_rows)(*y)
-        z = [delayed(apply_sparse)(x, y_full) for x in self.x_rows]
-        z_full = delayed(stack_rows)(*z)
-        t = [delayed(apply_gram_rows)(xt, z_full, self.lam[a:b], yr)
+        q_full = task("operator-q", stack_rows, *Q.to_delayed(optimize_graph=False).ravel())
+        y = [task("operator-bq", apply_sparse, b, q_full) for b in self.b_rows]
+        y_full = task("operator-bq-stack", stack_rows, *y)
+        z = [task("operator-xy", apply_sparse, x, y_full) for x in self.x_rows]
+        z_full = task("operator-xy-stack", stack_rows, *z)
+        t = [task("operator-py", apply_gram_rows, xt, z_full, self.lam[a:b], yr)
              for xt, (a, b), yr in zip(self.xt_rows, self._bounds(), y)]
-        t_full = delayed(stack_rows)(*t)
-        mq = [delayed(apply_sparse)(bt, t_full) for bt in self.bt_rows]
+        t_full = task("operator-py-stack", stack_rows, *t)
+        mq = [task("operator-mq", apply_sparse, bt, t_full) for bt in self.bt_rows]
         return self._as_array(mq, self.row_chunks, l)
 
     def factors_u(self, V: da.Array) -> da.Array:
         """U = B·V (eq. 16)."""
-        delayed = dask.delayed(pure=True)
-        v_full = delayed(stack_rows)(*V.to_delayed(optimize_graph=False).ravel())
-        u = [delayed(apply_sparse)(b, v_full) for b in self.b_rows]
+        v_full = task("factors-v", stack_rows, *V.to_delayed(optimize_graph=False).ravel())
+        u = [task("factors-u", apply_sparse, b, v_full) for b in self.b_rows]
         return self._as_array(u, self.row_chunks, V.shape[1])

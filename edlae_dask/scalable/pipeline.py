@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import math
 
-import dask
 import numpy as np
 import scipy.sparse as sp
 
 from edlae_dask.io.interactions import read_shard
+from edlae_dask.linalg import randomized_eigh
+from edlae_dask.linalg.graph import task
+from edlae_dask.runtime import PathResult
 from edlae_dask.scalable.neighbors import balanced_item_blocks, row_products_bound, top_neighbors
 from edlae_dask.scalable.operator import StudentOperator
 from edlae_dask.scalable.teacher import teacher_transpose, teacher_weights
@@ -27,23 +29,6 @@ log = logging.getLogger("edlae_dask.scalable")
 
 #: Work (stored entries of G's rows) of one neighbour task; bounds its memory (~16 bytes an entry, a few copies).
 NEIGHBOR_TASK_ENTRIES = 10_000_000
-
-
-def scalable_memory_estimate(n_items: int, n_users: int, nnz: int, k: int, neighbors: int, itemsize: int,
-                             n_workers: int = 1, n_oversamples: int | None = None) -> int:
-    """Bytes the scalable path holds at its peak, across the cluster (an estimate).
-
-    X, Xᵀ and the shards (12 bytes an interaction each) on every worker; the neighbour
-    lists and B and Bᵀ (8 bytes an entry each, the lists on every worker); about five
-    n × l and two users × l panels of the eigensolver (measured: 1.0 GiB in all, process
-    baselines included, for 10⁵ items, 2·10⁵ users, 4.2·10⁶ interactions, K = 64, k = 100,
-    against an estimate of 1.2 GiB).
-    """
-    l = min(n_items, k + (n_oversamples if n_oversamples is not None else max(10, k)))
-    interactions = 3 * 12 * nnz * max(1, n_workers)
-    sparse_model = (8 * max(1, n_workers) + 2 * 8) * n_items * neighbors
-    panels = (5 * n_items + 2 * n_users) * l * itemsize
-    return int(interactions + sparse_model + panels)
 
 
 def row_blocks(n_items: int, n_workers: int) -> tuple[int, ...]:
@@ -100,6 +85,10 @@ def second(pair):
     return pair[1]
 
 
+def count_exact(*counts: int) -> int:
+    return int(sum(counts))
+
+
 def transpose_blocks(*bt_rows: sp.csr_matrix) -> sp.csr_matrix:
     return sp.vstack(bt_rows, format="csr").T.tocsr()
 
@@ -107,72 +96,55 @@ def transpose_blocks(*bt_rows: sp.csr_matrix) -> sp.csr_matrix:
 # ----------------------------------------------------------------------------- the path
 
 
-def _persist(objs, client, progress):
-    """Persist a list of delayed objects where this run computes; wait, and raise a failed one's error."""
-    if client is None:
-        return list(dask.persist(*objs, scheduler="threads"))
-    from distributed import futures_of, progress as show_progress, wait
+def run_scalable(store, params, ctx) -> PathResult:
+    """Run the scalable path's stages on ``store``; return a :class:`edlae_dask.runtime.PathResult`.
 
-    objs = client.persist(list(objs))
-    (show_progress if progress else wait)(objs)
-    failed = [f for f in futures_of(objs) if f.status == "error"]
-    if failed:
-        failed[0].result()
-    return objs
-
-
-def _compute(obj, client):
-    return obj.compute(scheduler="threads") if client is None else client.compute(obj).result()
-
-
-def scalable_stages(store, params, client, stages, progress, n_workers: int):
-    """Run the scalable path's stages; return (operator, eig, info) with V = eig.eigenvectors.
-
-    ``params`` is a :class:`edlae_dask.model.TrainParams` (``neighbors``, ``neighbor_score`` used).
+    ``params`` is a :class:`edlae_dask.config.TrainParams` (``neighbors``,
+    ``neighbor_score`` used); ``ctx`` an :class:`edlae_dask.runtime.StageContext`.
     """
-    from edlae_dask.linalg import randomized_eigh
-
-    delayed = dask.delayed(pure=True)
     dtype = np.dtype(params.dtype)
     n = store.n_items
     K = min(int(params.neighbors), n - 1)
-    chunks = row_blocks(n, n_workers)
+    chunks = row_blocks(n, ctx.n_workers)
     bounds = np.concatenate([[0], np.cumsum(chunks)]).tolist()
     ratio = params.p / (1.0 - params.p)
     path = store.location  # URL and storage options: each worker reads its shard itself
+    stages = ctx.stages
 
     with stages.stage("load", f"X and Xᵀ from {store.n_shards} shards"):
-        shards = [delayed(load_shard)(path, s, dtype) for s in range(store.n_shards)]
-        x = delayed(stack_users)(*shards)
-        xt = delayed(transpose)(x)
-        *shards, x, xt = _persist([*shards, x, xt], client, progress)
-        diag_g = _compute(delayed(gram_diagonal)(xt), client)
-        bound = _compute(delayed(row_products_bound)(x, xt), client)
+        shards = [task("load-shard", load_shard, path, s, dtype) for s in range(store.n_shards)]
+        x = task("load-x", stack_users, *shards)
+        xt = task("load-xt", transpose, x)
+        *shards, x, xt = ctx.persist([*shards, x, xt])
+        diag_g = ctx.compute(task("load-diag", gram_diagonal, xt))
+        bound = ctx.compute(task("load-bound", row_products_bound, x, xt))
     lam_diag = params.lam + ratio * diag_g
     p_diag = diag_g + lam_diag
     # n-vectors every task of a stage reads: one key each, sent to a worker once, not
     # embedded in (and shipped with) every task
-    diag_g_d, p_diag_d = _persist([delayed(np.asarray)(diag_g), delayed(np.asarray)(p_diag)], client, False)
+    diag_g_d, p_diag_d = ctx.persist([task("diag-g", np.asarray, diag_g), task("diag-p", np.asarray, p_diag)],
+                                     progress=False)
 
     budget = NEIGHBOR_TASK_ENTRIES
     nblocks = balanced_item_blocks(bound, budget, max_items=8192)
     with stages.stage("neighbors", f"top-{K} co-occurring items ({params.neighbor_score}) in {len(nblocks)} blocks") as info:
-        parts = [delayed(neighbors_of_block)(xt, x, a, b, K, diag_g_d, params.neighbor_score) for a, b in nblocks]
-        nbrs = delayed(stack_neighbors)(*parts)
-        (nbrs,) = _persist([nbrs], client, progress)
+        parts = [task("neighbors", neighbors_of_block, xt, x, a, b, K, diag_g_d, params.neighbor_score)
+                 for a, b in nblocks]
+        nbrs = ctx.persist(task("neighbors-stack", stack_neighbors, *parts))
         del parts
         info.update(K=K, blocks=len(nblocks), gram_products=int(bound.sum()))
     with stages.stage("teacher", f"b_S = (P_SS)⁻¹ G_Sj for {n} items, K={K}") as info:
-        out = [delayed(teacher_rows)(xt, nbrs, a, b, p_diag_d, dtype) for a, b in zip(bounds[:-1], bounds[1:])]
-        bt_rows = [delayed(first)(o) for o in out]
-        n_exact = delayed(sum)([delayed(second)(o) for o in out])
-        b_full = delayed(transpose_blocks)(*bt_rows)
-        b_rows = [delayed(rows_of)(b_full, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        xt_rows = [delayed(rows_of)(xt, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        blocks = list(zip(bounds[:-1], bounds[1:]))
+        out = [task("teacher", teacher_rows, xt, nbrs, a, b, p_diag_d, dtype) for a, b in blocks]
+        bt_rows = [task("teacher-bt", first, o) for o in out]
+        n_exact = task("teacher-exact", count_exact, *[task("teacher-exact-part", second, o) for o in out])
+        b_full = task("teacher-b", transpose_blocks, *bt_rows)
+        b_rows = [task("teacher-b-rows", rows_of, b_full, a, b) for a, b in blocks]
+        xt_rows = [task("teacher-xt-rows", rows_of, xt, a, b) for a, b in blocks]
         nb = len(chunks)
-        persisted = _persist([*bt_rows, *b_rows, *xt_rows, n_exact], client, progress)
+        persisted = ctx.persist([*bt_rows, *b_rows, *xt_rows, n_exact])
         bt_rows, b_rows, xt_rows = persisted[:nb], persisted[nb: 2 * nb], persisted[2 * nb: 3 * nb]
-        n_exact = int(_compute(persisted[-1], client))
+        n_exact = int(ctx.compute(persisted[-1]))
         del nbrs, x, xt, out, b_full, persisted
         info.update(nnz_b=int(n * K), exact_p_ss=n_exact)
         if n_exact:
@@ -185,4 +157,7 @@ def scalable_stages(store, params, client, stages, progress, n_workers: int):
                               n_oversamples=params.n_oversamples, n_power_iter=params.n_power_iter, seed=params.seed)
         info.update(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter,
                     ritz_residual_max=float(np.max(eig.ritz_residuals)))
-    return operator, eig, dict(neighbors=K, neighbor_score=params.neighbor_score, row_blocks=len(chunks))
+    V = eig.eigenvectors
+    U = ctx.persist(operator.factors_u(V))
+    return PathResult(U=U, V=V, eig=eig,
+                      info=dict(neighbors=K, neighbor_score=params.neighbor_score, row_blocks=len(chunks)))

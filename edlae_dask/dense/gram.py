@@ -13,20 +13,15 @@ the result is n²·itemsize bytes spread over the workers.
 
 from __future__ import annotations
 
-import numpy as np
 import dask.array as da
+import numpy as np
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 
+from edlae_dask.errors import ParameterError
 from edlae_dask.io.interactions import InteractionStore, read_shard
+from edlae_dask.linalg.graph import item_blocks, symmetric_from_lower, tree_sum
 
-
-def item_blocks(n_items: int, block_size: int) -> tuple[int, ...]:
-    """Chunk sizes of ``n_items`` in blocks of ``block_size`` (the last one ragged)."""
-    if block_size <= 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
-    full, rest = divmod(n_items, block_size)
-    return (block_size,) * full + ((rest,) if rest else ())
+__all__ = ["gram", "item_blocks"]
 
 
 def _load_shard_blocks(path: str, s: int, bounds: tuple[int, ...], dtype, rows=None, cols=None) -> tuple[list, list]:
@@ -60,29 +55,6 @@ def _gram_block_part(i: int, j: int, *shard_blocks: tuple[list, list]) -> np.nda
     return out
 
 
-def _sum_blocks(*parts: np.ndarray) -> np.ndarray:
-    out = parts[0].copy()
-    for p in parts[1:]:
-        out += p
-    return out
-
-
-def symmetric_from_lower(name: str, dsk: dict, lower: dict, chunks: tuple[int, ...], dtype, dependencies=()) -> da.Array:
-    """Dask array of a symmetric matrix given the tasks of its lower blocks.
-
-    ``dsk`` holds the tasks the lower blocks need; ``lower`` maps (i, j) with i >= j
-    to the key (or task) of that block. Blocks above the diagonal are transposes of
-    the ones below (views: no copy on the worker holding them).
-    """
-    dsk = dict(dsk)
-    nb = len(chunks)
-    for i in range(nb):
-        for j in range(nb):
-            dsk[(name, i, j)] = lower[(i, j)] if i >= j else (np.transpose, (name, j, i))
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=list(dependencies))
-    return da.Array(graph, name, chunks=(chunks, chunks), dtype=dtype)
-
-
 def _selection(sel, n: int, what: str) -> np.ndarray | None:
     """A boolean mask or a sorted array of unique indices, as sorted int64 indices (None: all)."""
     if sel is None:
@@ -90,13 +62,13 @@ def _selection(sel, n: int, what: str) -> np.ndarray | None:
     sel = np.asarray(sel)
     if sel.dtype == bool:
         if sel.shape != (n,):
-            raise ValueError(f"{what} as a boolean mask must have shape ({n},); got {sel.shape}")
+            raise ParameterError(f"{what} as a boolean mask must have shape ({n},); got {sel.shape}")
         return np.flatnonzero(sel)
     if sel.ndim != 1 or sel.dtype.kind not in "iu":
-        raise ValueError(f"{what} must be a boolean mask or a 1-d array of integer indices; got {sel.dtype} {sel.shape}")
+        raise ParameterError(f"{what} must be a boolean mask or a 1-d array of integer indices; got {sel.dtype} {sel.shape}")
     sel = sel.astype(np.int64)
     if sel.size and (sel[0] < 0 or sel[-1] >= n or np.any(np.diff(sel) <= 0)):
-        raise ValueError(f"{what} indices must be sorted, unique and in [0, {n}); sort them with numpy.unique")
+        raise ParameterError(f"{what} indices must be sorted, unique and in [0, {n}); sort them with numpy.unique")
     return sel
 
 
@@ -132,7 +104,7 @@ def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_ev
     item_idx = _selection(items, store.n_items, "items")
     n_items = store.n_items if item_idx is None else int(item_idx.size)
     if n_items == 0:
-        raise ValueError("items selects no item; the Gram would be empty")
+        raise ParameterError("items selects no item; the Gram would be empty")
     chunks = item_blocks(n_items, block_size)
     bounds = tuple(np.concatenate([[0], np.cumsum(chunks)]).tolist())
     nb = len(chunks)
@@ -157,7 +129,7 @@ def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_ev
             rows[s] = None if local.size == offsets[s + 1] - offsets[s] else local
     shards = list(rows)
     if not shards:
-        raise ValueError(f"interaction store {store.path} holds no {'users' if user_idx is None else 'selected users'}")
+        raise ParameterError(f"interaction store {store.path} holds no {'users' if user_idx is None else 'selected users'}")
 
     dsk: dict = {}
     for s in shards:
@@ -175,14 +147,6 @@ def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_ev
                 key = (part_name, g, i, j)
                 dsk[key] = (_gram_block_part, i, j, *[(load_name, s) for s in shards[g : g + split_every]])
                 keys.append(key)
-            level = 0
-            while len(keys) > 1:  # tree reduction over shards
-                nxt = []
-                for g in range(0, len(keys), split_every):
-                    key = (sum_name, level, g, i, j)
-                    dsk[key] = (_sum_blocks, *keys[g : g + split_every])
-                    nxt.append(key)
-                keys, level = nxt, level + 1
-            lower[(i, j)] = keys[0]
+            lower[(i, j)] = tree_sum(dsk, sum_name, keys, split_every=split_every, suffix=(i, j))
     return symmetric_from_lower(name, dsk, lower, chunks, dtype)
 

@@ -1,0 +1,104 @@
+"""The dense path end to end: exact Algorithm 1 with two n × n matrices spread over the workers.
+
+    gram        G = XᵀX                                   dense/gram.py        (checkpointed)
+    inverse     P = G + Λ, C = P⁻¹, d = 1 ⊘ diag(C)       dense/teacher.py     (checkpointed)
+    student     M = BᵀPB, block by block                  dense/student.py
+    eigensolve  V = eig_k(M), U = B·V                     linalg/eigen.py, dense/student.py
+
+Each stage's blocks are persisted on the workers before the next starts, so a lost
+worker's blocks are recomputed from their graph (or re-read from the checkpoint),
+and the Gram's blocks are released as M's are made: at most two n × n matrices
+are held at once (:func:`edlae_dask.planning.dense_memory_estimate`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import dask.array as da
+import numpy as np
+
+from edlae_dask.dense.gram import gram
+from edlae_dask.dense.student import student_factors, student_matrix
+from edlae_dask.dense.teacher import inverse, regularize, teacher_scaling
+from edlae_dask.errors import ModelFitError
+from edlae_dask.linalg import randomized_eigh
+from edlae_dask.runtime import PathResult
+
+
+def run_dense(store, params, ctx):
+    """Run the dense path's stages on ``store``; return a :class:`edlae_dask.runtime.PathResult`.
+
+    Parameters
+    ----------
+    store : InteractionStore
+    params : TrainParams
+    ctx : edlae_dask.runtime.StageContext
+        ``block_size`` and ``checkpoint_dir`` are read here.
+    """
+    from edlae_dask.checkpoint import StageCheckpoints
+
+    n = store.n_items
+    dtype = np.dtype(params.dtype)
+    block = ctx.block_size
+    checkpoints = None if ctx.checkpoint_dir is None else StageCheckpoints(
+        ctx.checkpoint_dir, interactions_fingerprint=store.fingerprint, n_items=n, dtype=dtype.name,
+        block_size=block, lam=params.lam, p=params.p, storage_options=ctx.storage_options)
+
+    def checkpointed(stage, compute, info):
+        return compute() if checkpoints is None else checkpoints.run(stage, compute, ctx.persist, ctx.client, info)
+
+    def compute_gram():
+        return {"G": ctx.persist(gram(store, block_size=block, dtype=dtype))}
+
+    def compute_inverse(P):
+        C = ctx.persist(inverse(P))
+        return {"C": C, "diag_c": da.diagonal(C).compute()}
+
+    with ctx.stages.stage("gram", f"XᵀX over {store.n_shards} shards") as info:
+        # the persisted blocks stay referenced until M is made: a worker lost meanwhile has its
+        # blocks recomputed by the scheduler from their graph (or re-read from the checkpoint)
+        G = checkpointed("gram", compute_gram, info)["G"]
+        diag_g = da.diagonal(G).compute()
+        info["blocks"] = len(G.chunks[0])
+    if params.lam == 0 and np.any(diag_g == 0):
+        empty = np.flatnonzero(diag_g == 0)
+        ids = store.item_ids()[empty[:5]].tolist()
+        raise ModelFitError(
+            f"{empty.size} items have no interactions (e.g. ids {ids}) and lam = 0, so P = XᵀX + Λ is singular. "
+            "Use lam > 0, or re-ingest with --min-item-interactions 1 so such items are dropped."
+        )
+    with ctx.stages.stage("inverse", "C = (XᵀX + Λ)⁻¹, blocked Cholesky") as info:
+        P = regularize(G, params.lam, params.p)
+        result = checkpointed("inverse", functools.partial(compute_inverse, P), info)
+        C, diag_c = result["C"], result["diag_c"]
+        del result
+        d = teacher_scaling(diag_c)
+    with ctx.stages.stage("student", "M = BᵀPB, block by block"):
+        M = student_matrix(P, C, d)
+        del G, P  # the Gram's blocks are released as M's blocks are made
+        M = ctx.persist(M)
+    with ctx.stages.stage("eigensolve", f"top-{params.k} eigenvectors of M") as info:
+        eig = randomized_eigh(
+            M.__matmul__,  # a bound method, so `del M` below releases M's blocks
+            n,
+            params.k,
+            row_chunks=M.chunks[0],
+            dtype=dtype,
+            n_oversamples=params.n_oversamples,
+            n_power_iter=params.n_power_iter,
+            seed=params.seed,
+        )
+        info.update(
+            n_matvecs=eig.n_matvecs,
+            n_oversamples=eig.n_oversamples,
+            n_power_iter=eig.n_power_iter,
+            ritz_residual_max=float(np.max(eig.ritz_residuals)),
+            ritz_residual_median=float(np.median(eig.ritz_residuals)),
+        )
+        del M
+        V = eig.eigenvectors
+        U = ctx.persist(student_factors(C, d, V))
+        V = ctx.persist(V)
+        del C
+    return PathResult(U=U, V=V, eig=eig)

@@ -1,0 +1,133 @@
+"""Planning a training run before any work: block sizes, memory estimates, the path that fits.
+
+Everything here is arithmetic on the problem's shape and the cluster's memory; no
+data is read and nothing is computed on the cluster. :func:`choose_path` is called
+by :func:`edlae_dask.pipeline.train` once the interaction store is open and the
+cluster is known, and raises :class:`MemoryBudgetError` (naming what fits and how
+to make it fit) when the run cannot fit.
+
+The estimates, with ``l`` the eigensolver's panel width and ``s`` the itemsize:
+
+====================  ===========================================================
+dense path            ``2.3·n²·s`` (G or M, and C) ``+ 8·n·l·s`` (panels)
+scalable path         ``3·12·nnz·workers`` (X, Xᵀ, shards on every worker)
+                      ``+ (8·workers + 16)·n·K`` (neighbour lists, B, Bᵀ)
+                      ``+ (5·n + 2·users)·l·s`` (eigensolver panels)
+====================  ===========================================================
+
+Their measured peaks against these estimates are in ``benchmarks/results/`` (table1,
+scalable-scale).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from edlae_dask.errors import MemoryBudgetError
+
+log = logging.getLogger("edlae_dask.planning")
+
+#: Largest side of the dense path's square blocks. Larger blocks buy no speed, and a single
+#: float64 ``potrf`` at n ≥ 16,000 has crashed OpenBLAS's SkylakeX kernels: every LAPACK call stays small.
+MAX_BLOCK_SIZE = 8192
+#: Share of the workers' summed memory limits a run may plan to use (the rest: process baselines, spills).
+USABLE_MEMORY = 0.75
+
+
+def default_block_size(n_items: int) -> int:
+    """The dense path's block side when none is given: 2,048 up to 40,000 items, 4,096 above."""
+    return int(min(n_items, 2048 if n_items <= 40_000 else 4096))
+
+
+def dense_memory_estimate(n_items: int, k: int, itemsize: int, n_oversamples: int = 0) -> int:
+    """Bytes the dense path holds at its peak: G/M and C (n² each) plus O(n·l) panels."""
+    l = min(n_items, k + max(n_oversamples, k))  # noqa: E741 (the paper's and the eigensolver's name)
+    return int(2.3 * n_items**2 * itemsize + 8 * n_items * l * itemsize)
+
+
+def scalable_memory_estimate(n_items: int, n_users: int, nnz: int, k: int, neighbors: int, itemsize: int,
+                             n_workers: int = 1, n_oversamples: int | None = None) -> int:
+    """Bytes the scalable path holds at its peak, across the cluster (an estimate).
+
+    X, Xᵀ and the shards (12 bytes an interaction each) on every worker; the neighbour
+    lists and B and Bᵀ (8 bytes an entry each, the lists on every worker); about five
+    n × l and two users × l panels of the eigensolver. The measured peaks against it are
+    in ``benchmarks/results/scalable-scale.md``.
+    """
+    l = min(n_items, k + (n_oversamples if n_oversamples is not None else max(10, k)))  # noqa: E741
+    interactions = 3 * 12 * nnz * max(1, n_workers)
+    sparse_model = (8 * max(1, n_workers) + 2 * 8) * n_items * neighbors
+    panels = (5 * n_items + 2 * n_users) * l * itemsize
+    return int(interactions + sparse_model + panels)
+
+
+def check_memory(n_items: int, params, total_bytes: int, n_workers: int, worker_bytes: int) -> int:
+    """Raise :class:`MemoryBudgetError` if the dense path cannot fit; return the estimate.
+
+    ``params`` is a :class:`edlae_dask.config.TrainParams`.
+    """
+    itemsize = np.dtype(params.dtype).itemsize
+    need = dense_memory_estimate(n_items, params.k, itemsize)
+    budget = int(USABLE_MEMORY * total_bytes)
+    block = params.resolved_block_size(n_items)
+    per_task = 6 * block * block * itemsize
+    if need > budget:
+        n_fit = int(np.sqrt(budget / (2.3 * itemsize)))
+        raise MemoryBudgetError(
+            f"the dense path needs about {need / 2**30:.1f} GiB for {n_items} items in {params.dtype} "
+            f"(two n x n matrices), but the cluster offers {total_bytes / 2**30:.1f} GiB over {n_workers} workers "
+            f"(75 % usable: {budget / 2**30:.1f} GiB). At most about {n_fit} items fit. Use --dtype float32, drop "
+            "rare items (ingest --min-item-interactions), or add workers."
+        )
+    if per_task > 0.5 * worker_bytes:
+        raise MemoryBudgetError(
+            f"a task of the dense path holds a few {block} x {block} blocks, about {per_task / 2**30:.1f} GiB, "
+            f"more than half of the smallest worker's {worker_bytes / 2**30:.1f} GiB: lower --block-size, or give "
+            "the workers more memory each."
+        )
+    return need
+
+
+def choose_path(store, params, total_bytes: int, n_workers: int, worker_bytes: int) -> tuple[str, int]:
+    """Pick the training path before any work; return (path, estimated peak bytes).
+
+    ``auto`` takes the dense path (exact Algorithm 1) when its two n × n matrices fit
+    75 % of the cluster's memory, and the scalable path otherwise. Raises
+    :class:`MemoryBudgetError` when the chosen path cannot fit.
+
+    Parameters
+    ----------
+    store : InteractionStore
+        Only its shape (``n_items``, ``n_users``, ``nnz``) is read.
+    params : TrainParams
+    total_bytes, n_workers, worker_bytes : int
+        The workers' summed memory limit, their number, and the smallest limit
+        (:func:`edlae_dask.cluster.cluster_memory`).
+    """
+    n = store.n_items
+    itemsize = np.dtype(params.dtype).itemsize
+    budget = int(USABLE_MEMORY * total_bytes)
+    dense_need = dense_memory_estimate(n, params.k, itemsize)
+    if params.path == "dense" or (params.path == "auto" and dense_need <= budget):
+        need = check_memory(n, params, total_bytes, n_workers, worker_bytes)
+        if params.path == "auto":
+            log.info("path: dense (auto): its n x n matrices need about %.2f GiB of the %.2f GiB usable",
+                     need / 2**30, budget / 2**30)
+        return "dense", need
+    if params.path == "auto":
+        log.info("path: scalable (auto), because the dense path's n x n matrices need about %.1f GiB, more than "
+                 "the %.1f GiB usable", dense_need / 2**30, budget / 2**30)
+    need = scalable_memory_estimate(n, store.n_users, store.nnz, params.k, min(params.neighbors, n - 1), itemsize,
+                                    n_workers, params.n_oversamples)
+    if need > budget:
+        raise MemoryBudgetError(
+            f"the scalable path needs about {need / 2**30:.1f} GiB for {store.n_users} users x {n} items "
+            f"({store.nnz} interactions, K={params.neighbors} neighbours, k={params.k}), but the cluster offers "
+            f"{total_bytes / 2**30:.1f} GiB over {n_workers} workers (75 % usable: {budget / 2**30:.1f} GiB). "
+            "Lower --neighbors or --k, use --dtype float32, or add memory."
+        )
+    log.info("path: scalable: K=%d neighbours per item; estimated peak memory %.2f GiB of %.2f GiB usable",
+             min(params.neighbors, n - 1), need / 2**30, budget / 2**30)
+    return "scalable", need
