@@ -29,8 +29,8 @@ DTYPES = ("float32", "float64")
 #: How the scalable path ranks candidate neighbours: the co-occurrence count ``G_aj``, or its
 #: cosine ``G_aj / sqrt(G_aa·G_jj)`` (which favours less popular items).
 NEIGHBOR_SCORES = ("count", "cosine")
-#: Default K of the scalable path; its accuracy against the dense path on a real data set is in
-#: benchmarks/results/scalable-accuracy-*.md. The teacher's cost grows as K³ per item, so larger
+#: Default K of the scalable path; its accuracy against the dense path on real data is in
+#: benchmarks/results/design-notes.md and scalable-accuracy-*.md. The teacher costs K³ per item, so larger
 #: K is for smaller catalogues.
 DEFAULT_NEIGHBORS = 64
 

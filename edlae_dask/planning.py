@@ -43,7 +43,7 @@ def default_block_size(n_items: int) -> int:
 
 def dense_memory_estimate(n_items: int, k: int, itemsize: int, n_oversamples: int = 0) -> int:
     """Bytes the dense path holds at its peak: G/M and C (n² each) plus O(n·l) panels."""
-    l = min(n_items, k + max(n_oversamples, k))  # noqa: E741 (the paper's and the eigensolver's name)
+    l = min(n_items, k + max(n_oversamples, k))
     return int(2.3 * n_items**2 * itemsize + 8 * n_items * l * itemsize)
 
 
@@ -56,7 +56,7 @@ def scalable_memory_estimate(n_items: int, n_users: int, nnz: int, k: int, neigh
     n × l and two users × l panels of the eigensolver. The measured peaks against it are
     in ``benchmarks/results/scalable-scale.md``.
     """
-    l = min(n_items, k + (n_oversamples if n_oversamples is not None else max(10, k)))  # noqa: E741
+    l = min(n_items, k + (n_oversamples if n_oversamples is not None else max(10, k)))
     interactions = 3 * 12 * nnz * max(1, n_workers)
     sparse_model = (8 * max(1, n_workers) + 2 * 8) * n_items * neighbors
     panels = (5 * n_items + 2 * n_users) * l * itemsize

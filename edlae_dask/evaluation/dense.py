@@ -28,11 +28,9 @@ memory of the process.
 All k of one (λ, p) and model come from one eigensolve at k_max: the leading k
 columns of the top-k_max Ritz vectors. For an exact eigensolver these are the
 top-k eigenvectors. The randomized solver's leading columns come from a
-2·k_max subspace and were measured to be more accurate than a separate solve at
-k: on the tests' 130-item problem (k_max = 30) the eq.-15 excess over the exact
-optimum is 1e-15 … 5e-6 for k = 2 … 20 against 1e-10 … 1e-3 for solves at k
-(tests/test_evaluation.py), and on ml-1m (k_max = 1,000 of 2,810) below 4e-7 for
-k ≤ 500. When 2·k_max ≥ n the subspace is the whole space and the solve is exact.
+2·k_max subspace and are more accurate than a separate solve at k (tests/test_evaluation.py
+holds it on a small problem; the ml-1m measurement is in benchmarks/results/design-notes.md,
+"Evaluation"). When 2·k_max ≥ n the subspace is the whole space and the solve is exact.
 """
 
 from __future__ import annotations
@@ -54,8 +52,8 @@ __all__ = ["MemoryPlan", "plan_memory", "DenseWorkspace", "process_memory", "eig
 
 log = logging.getLogger("edlae_dask.evaluation")
 
-#: n × l panels alive at the eigensolver's peak (Q, M·Q, QR's work copies, Z, V, U and C·(d∘V));
-#: measured ~9 at 29k items, k_max = 2,000 (peak resident 14.0 GiB with G, C, M at 9.6 GiB).
+#: n × l panels alive at the eigensolver's peak (Q, M·Q, QR's work copies, Z, V, U and C·(d∘V)),
+#: as measured (benchmarks/results/design-notes.md, "Evaluation").
 PANELS = 9
 #: Rows / columns per block when copying triangles and forming M (bounds the temporaries).
 COPY_BLOCK = 1024

@@ -57,9 +57,8 @@ Two backends do the per-point work: ``backend="dask"`` (the above, on the cluste
 and ``backend="dense"`` (:mod:`~edlae_dask.evaluation.dense`: one process keeps
 the Gram once and evaluates one point at a time in two reused n × n buffers with an
 in-place LAPACK inverse, ~3·n² peak instead of ~4.5·n², or ~2·n² without forming
-the student matrix; in float32, 29k items at k_max = 2,000 plan 13.5 GiB (measured
-peak 14.0 GiB) and 41k items at k_max = 500 13.9 GiB). Both use the same solver and
-scoring graphs and agree to rounding.
+the student matrix; plans against measured peaks in benchmarks/results/design-notes.md,
+"Evaluation"). Both use the same solver and scoring graphs and agree to rounding.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ The routines are SciPy's own BLAS/LAPACK (the public Cython API,
 :mod:`scipy.linalg.cython_blas` / :mod:`scipy.linalg.cython_lapack`), called
 through :mod:`ctypes`, which releases the GIL for the duration of the call. The
 f2py wrappers of :mod:`scipy.linalg.blas` hold the GIL during the whole BLAS
-call (measured: a 2,048² ``sgemm`` froze every other thread of the process for
-its ~0.3 s). On a Dask worker that froze the event loop: no block was sent to
+call, which freezes every other thread of the process (benchmarks/results/design-notes.md,
+"BLAS kernels"). On a Dask worker that froze the event loop: no block was sent to
 or fetched from another worker while a kernel ran, and the other worker waited.
 
 Layouts: results are Fortran-ordered. A C-ordered operand that is only read is

@@ -347,8 +347,8 @@ def _orthonormalize(Y: da.Array, twice: bool = True, also=()) -> tuple:
     CholeskyQR2: R₁ = chol(YᵀY), Q₁ = Y·R₁⁻¹, R₂ = chol(Q₁ᵀQ₁), Q = Q₁·R₂⁻¹. The l × l Grams
     are summed over the row blocks in float64, and the rest is one parallel BLAS-3
     product per block, where ``dask.array.linalg.tsqr`` ends each call with one serial
-    QR of all blocks' R factors stacked (about 10× slower at l = 1,600 on 2,000-row
-    blocks, measured here). Q₁ is never stored: its Gram is taken block by block as it
+    QR of all blocks' R factors stacked (much slower at large l: benchmarks/results/design-notes.md,
+    "Eigensolver"). Q₁ is never stored: its Gram is taken block by block as it
     is formed, and Q = (Y·R₁⁻¹)·R₂⁻¹ is formed again from Y (the same rounding as
     CholeskyQR2, one (n, l) panel less in memory for 2·n·l² more flops). When YᵀY is too
     ill-conditioned for Cholesky (rank-deficient Y), falls back to TSQR.
@@ -613,7 +613,7 @@ class _Solver:
         # the GIL, and on the client of an embedded LocalCluster that stops the scheduler's event loop
         # in the same process: at k = 5,000 (a 12,500² problem, ~12 min) the workers missed their
         # heartbeats and were restarted, losing every persisted block. syevd releases the GIL, and was
-        # also faster than the subset driver (syevr, top third) here: 42 s against 56 s at 6,000².
+        # also faster than the subset driver (syevr, top third): benchmarks/results/eigen-defaults.md.
         theta, W = np.linalg.eigh(T)
         return theta[::-1][: self.k].copy(), W[:, ::-1][:, : self.k].copy()
 

@@ -233,16 +233,11 @@ def spd_inverse(A: da.Array) -> da.Array:
     ``A`` is about 1.5 · n² · itemsize (lower halves of ``L``, ``W`` and ``C``;
     ``L`` and ``W`` blocks are released as soon as their last consumer ran).
     Blocks move between workers once per consumer, like any tiled algorithm;
-    larger blocks mean fewer, bigger tasks and less scheduler overhead.
-    Measured (``benchmarks/bench_linalg.py``, 2 shared cores, n = 8,000, blocks
-    of 1,024, 1,500 and 2,048): 0.74-0.96x the speed of one in-memory LAPACK
-    ``potrf`` + ``potri`` on the threaded scheduler, 0.64-0.85x on a 2-worker x
-    1-thread LocalCluster; float32 about 1.8x faster than float64. Since the
+    larger blocks mean fewer, bigger tasks and less scheduler overhead. Since the
     kernels release the GIL (:mod:`._kernels`), a worker keeps sending and
-    fetching blocks while it computes: n = 10,000 float32, blocks of 2,048, 2
-    workers, the same run for both: 0.79-0.84x LAPACK's rate (2 BLAS threads),
-    against 0.71-0.77x with the GIL-holding f2py wrappers; the workers were busy
-    94-96 % of the time instead of 86-87 %.
+    fetching blocks while it computes. Its rate against one in-memory LAPACK
+    ``potrf`` + ``potri`` is measured by ``benchmarks/bench_linalg.py``
+    (benchmarks/results/design-notes.md, "Blocked inverse").
 
     The block size is the caller's choice. Keep float64 blocks below ~16,000
     rows: OpenBLAS's SkylakeX ``dpotrf`` segfaults on larger single matrices on
