@@ -2,13 +2,13 @@
 
 For a user row x the scores are ``s = (x·U)·Vᵀ`` (eq. 16–17); items the user already
 has are excluded, and the N best are kept, best first, ties broken by the lower item
-index. One Dask task per user shard::
+index (the rule of :mod:`edlae_dask.topn`). One Dask task per user shard::
 
     X  = the shard's rows (CSR)                           read_shard
     XU = Σ_b X[:, b]·U[b]          U read once, 64 MiB at a time   (users × k)
     for each item block b:         V read once, 64 MiB at a time
         for each batch of users:   S = XU[batch]·V[b]ᵀ     (user_batch × item_block)
-            seen items → −inf; merge S into the running top-N (strict threshold + partition)
+            seen items → −inf; merge S into the running top-N (topn.merge_block)
     write the shard's rows, then its completion marker
 
 so a worker holds, besides XU and the N running best per user, one
@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from edlae_dask.errors import InputDataError, MemoryBudgetError, ModelFitError, ParameterError
 from edlae_dask.io._fs import Location, location
+from edlae_dask.topn import empty_top_n, fill_exhausted, merge_block
 
 log = logging.getLogger("edlae_dask.scoring")
 
@@ -51,7 +52,6 @@ DEFAULT_BLOCK_BYTES = 32 * 2**20
 DEFAULT_USER_BATCH = 1024
 #: rows of U and V are read from the factor store about this many bytes at a time
 READ_BYTES = 64 * 2**20
-_SENTINEL = np.iinfo(np.int32).max
 
 
 # --------------------------------------------------------------------------- kernels
@@ -82,89 +82,6 @@ def _row_pieces(A, step: int, dtype):
 
 def _read_step(block: int, k: int, itemsize: int) -> int:
     return block * max(1, READ_BYTES // max(1, block * k * itemsize))
-
-
-def _merge_block(S: np.ndarray, j0: int, best_s: np.ndarray, best_i: np.ndarray, scratch=None) -> None:
-    """Merge block scores ``S`` (items ``j0 + col``) into the running top-N, in place.
-
-    ``best_s``/``best_i`` of shape (rows, N) are sorted best first by (score desc,
-    item asc). Blocks arrive in ascending item order, so a new item tying the
-    running N-th best loses (it has the higher index): only ``S > threshold``
-    can enter. Rows with more than N such entries are first cut to the block's
-    own top N (one ``np.partition`` of those rows; ties at the cut keep the lowest
-    indices), so the merge sorts at most 2N entries per touched row, most of them
-    already in order. ``scratch``: an optional flat buffer of at least ``S.size``
-    entries for the partition (saves an allocation per block).
-    """
-    n_rows, width = S.shape
-    N = best_s.shape[1]
-    thr = best_s[:, N - 1]
-    cand = S > thr[:, None]
-    if np.isneginf(thr).any():  # a first block: most entries are candidates, count them without listing them
-        flat = None
-        heavy = np.flatnonzero(np.count_nonzero(cand, axis=1) > N)
-    else:  # later blocks: few candidates (2-d np.nonzero is ~15x slower than flatnonzero on a sparse mask)
-        flat = np.flatnonzero(cand)
-        if flat.size == 0:
-            return
-        heavy = np.flatnonzero(np.bincount(flat // width, minlength=n_rows) > N)
-    if heavy.size:
-        Sh = S if heavy.size == n_rows else S[heavy]
-        if scratch is not None:
-            part = scratch[: Sh.size].reshape(Sh.shape)
-            np.copyto(part, Sh)
-        else:
-            part = Sh.copy()
-        part.partition(width - N, axis=1)
-        cut = part[:, width - N].copy()  # the block's N-th best per row
-        del part
-        keep = Sh >= cut[:, None]
-        over = np.flatnonzero(np.count_nonzero(keep, axis=1) > N)
-        if over.size:  # more ties at the cut than places: the lowest item indices win
-            sub, c = Sh[over], cut[over][:, None]
-            ties = sub == c
-            need = N - np.count_nonzero(sub > c, axis=1)
-            keep[over] = (sub > c) | (ties & (np.cumsum(ties, axis=1, dtype=np.int32) <= need[:, None]))
-        if heavy.size == n_rows:
-            cand = keep
-        else:
-            cand[heavy] = keep
-        flat = None
-    if flat is None:
-        flat = np.flatnonzero(cand)
-        if flat.size == 0:
-            return
-    rows, cols = np.divmod(flat, width)  # row-major: sorted by row, then by item
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    touched = rows[starts]
-    counts = np.diff(np.r_[starts, rows.size])
-    local = np.repeat(np.arange(touched.size), counts)
-    pos = N + np.arange(rows.size) - np.repeat(starts, counts)
-    # per touched row: its N best (score desc, item asc), then its candidates (item asc, all of higher
-    # index than the N best); a stable sort by score alone then breaks every tie by the lower item index
-    ps = np.full((touched.size, N + int(counts.max())), -np.inf, dtype=best_s.dtype)
-    pi = np.full(ps.shape, _SENTINEL, dtype=np.int32)
-    ps[:, :N] = best_s[touched]
-    pi[:, :N] = best_i[touched]
-    ps[local, pos] = S.ravel()[flat]
-    pi[local, pos] = cols + j0
-    order = np.argsort(-ps, axis=1, kind="stable")[:, :N]
-    best_s[touched] = np.take_along_axis(ps, order, axis=1)
-    best_i[touched] = np.take_along_axis(pi, order, axis=1)
-
-
-def _fill_exhausted(best_s: np.ndarray, best_i: np.ndarray) -> None:
-    """Users with fewer than N unseen items: pad with their seen items (score −inf), lowest index first."""
-    for r in np.flatnonzero(best_i[:, -1] == _SENTINEL):
-        have = best_i[r][best_i[r] != _SENTINEL]
-        free = best_i.shape[1] - have.size
-        pad, start = [], 0
-        while len(pad) < free:  # the lowest indices not already recommended
-            cand = np.setdiff1d(np.arange(start, start + 2 * best_i.shape[1]), have)
-            pad.extend(cand[: free - len(pad)].tolist())
-            start += 2 * best_i.shape[1]
-        best_i[r, have.size:] = pad
-        best_s[r, have.size:] = -np.inf
 
 
 def top_n_scores(X, U, V, top_n: int, *, item_block: int | None = None, user_batch: int | None = None,
@@ -214,8 +131,7 @@ def top_n_scores(X, U, V, top_n: int, *, item_block: int | None = None, user_bat
     del Xc
     if not np.isfinite(XU).all():
         raise ModelFitError("U holds NaN or infinite values (x·U is not finite): the factors are broken; retrain")
-    best_s = np.full((n_rows, top_n), -np.inf, dtype=dtype)
-    best_i = np.full((n_rows, top_n), _SENTINEL, dtype=np.int32)
+    best_s, best_i = empty_top_n(n_rows, top_n, dtype)
     # seen items of each user batch, sorted by item so each block's entries are one slice
     seen = []
     for r0 in range(0, n_rows, ub):
@@ -240,8 +156,8 @@ def top_n_scores(X, U, V, top_n: int, *, item_block: int | None = None, user_bat
                 if exclude_seen:
                     lo, hi = np.searchsorted(cols, [j0, j1])
                     S[rows[lo:hi], cols[lo:hi] - j0] = -np.inf
-                _merge_block(S, j0, best_s[r0:r1], best_i[r0:r1], p_buf)
-    _fill_exhausted(best_s, best_i)
+                merge_block(S, j0, best_s[r0:r1], best_i[r0:r1], p_buf)
+    fill_exhausted(best_s, best_i)
     return best_i, best_s.astype(np.float32)
 
 

@@ -39,6 +39,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from edlae_dask.evaluation.metrics import user_metrics
+from edlae_dask.topn import top_n, top_n_candidates
 
 __all__ = ["HeldOutOnCluster", "put_heldout", "lowrank_metrics", "fullrank_metrics", "rank_dense"]
 
@@ -49,13 +50,8 @@ DEFAULT_BATCH_ROWS = 4096
 
 
 def _topn(S: np.ndarray, offset: int, n_top: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n_top`` largest entries of each row of ``S`` (any order), as (item index, score)."""
-    m = min(n_top, S.shape[1])
-    if m == S.shape[1]:
-        idx = np.broadcast_to(np.arange(m), S.shape).copy()
-    else:
-        idx = np.argpartition(-S, m - 1, axis=1)[:, :m]
-    return (idx + offset).astype(np.int64), np.take_along_axis(S, idx, axis=1)
+    """The ``n_top`` best entries of each row of the block ``S`` (items ``offset + col``), as (item index, score)."""
+    return top_n(S, min(n_top, S.shape[1]), offset)
 
 
 def _mask_fold_in(S: np.ndarray, xb: sp.csr_matrix) -> np.ndarray:
@@ -111,11 +107,10 @@ def _stack(idx, val, n_top, dtype):
 
 
 def _merge_topn(n_top: int, *parts) -> np.ndarray:
-    """Ranked item indices (n_users, n_top), best first; ties go to the smaller item index."""
+    """Ranked item indices (n_users, n_top), best first, from each block's own top ``n_top`` (the topn rule)."""
     idx = np.concatenate([p[0] for p in parts], axis=1)
     val = np.concatenate([p[1] for p in parts], axis=1)
-    order = np.lexsort((idx, -val.astype(np.float64)), axis=1)[:, :n_top]
-    return np.take_along_axis(idx, order, axis=1)
+    return top_n_candidates(idx, val, min(n_top, idx.shape[1]))[0]
 
 
 def _metrics(ranked: np.ndarray, targets: sp.csr_matrix) -> np.ndarray:
@@ -126,8 +121,7 @@ def rank_dense(S: np.ndarray, fold_in, n_top: int) -> np.ndarray:
     """Reference ranking of a dense score matrix (tests, small problems): same rule as the graphs."""
     S = np.array(S, dtype=np.float64)
     _mask_fold_in(S, sp.csr_matrix(fold_in))
-    i, v = _topn(S, 0, n_top)
-    return _merge_topn(n_top, (i, v))
+    return _topn(S, 0, n_top)[0]
 
 
 # --------------------------------------------------------------------------- held-out data
