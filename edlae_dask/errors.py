@@ -36,11 +36,13 @@ class MemoryBudgetError(EdlaeError):
     """The problem will not fit in the memory the cluster has."""
 
 
-def worker_died(exc: BaseException, during: str, hint: str = "") -> ModelFitError | None:
+def worker_died(exc: BaseException, during: str, *, memory_fix: str = "lower --block-size, or add memory",
+                note: str = "") -> ModelFitError | None:
     """The error to raise when ``exc`` is Dask's ``KilledWorker`` (a task's worker died repeatedly); else None.
 
-    One message for every stage: what was running, the two causes seen in practice
-    (memory, a BLAS crash) and their fixes, then the stage's own ``hint``.
+    One message for every job: what was running, the two causes seen in practice (memory,
+    a BLAS crash) with their fixes (``memory_fix``: the job's own way to need less
+    memory), then the job's ``note``.
     """
     try:
         from distributed import KilledWorker
@@ -51,7 +53,6 @@ def worker_died(exc: BaseException, during: str, hint: str = "") -> ModelFitErro
     task = exc.args[0] if exc.args else "a task"
     return ModelFitError(
         f"a Dask worker died repeatedly while {during} ({task}): most often it ran out of memory (see the worker "
-        "logs; lower --block-size or add memory), or its BLAS crashed (OpenBLAS's SkylakeX float64 kernels have "
-        "segfaulted in large Cholesky calls: start the workers with OPENBLAS_CORETYPE=Haswell)"
-        + (f". {hint}" if hint else "")
+        f"logs; {memory_fix}), or its BLAS crashed (OpenBLAS's SkylakeX float64 kernels have segfaulted in large "
+        "Cholesky calls: start the workers with OPENBLAS_CORETYPE=Haswell)" + (f". {note}" if note else "")
     )

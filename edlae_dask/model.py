@@ -13,6 +13,7 @@ import numpy as np
 from edlae_dask.config import TrainParams
 from edlae_dask.errors import ParameterError
 from edlae_dask.linalg.graph import current_client
+from edlae_dask.topn import top_n
 from edlae_dask.pipeline import train
 
 _DEFAULT = TrainParams()
@@ -132,7 +133,7 @@ class EDLAE:
         Returns
         -------
         ids : ndarray of shape (n_users, N), int
-            Indices into ``item_ids_``, best first.
+            Indices into ``item_ids_``, best first; equal scores by the lower index (:mod:`edlae_dask.topn`).
         scores : ndarray of shape (n_users, N)
         """
         import scipy.sparse as sp
@@ -147,7 +148,4 @@ class EDLAE:
         scores = np.asarray(X @ U) @ V.T
         if filter_seen:
             scores[X.nonzero()] = -np.inf
-        top = np.argpartition(-scores, N - 1, axis=1)[:, :N]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+        return top_n(scores, N)

@@ -36,7 +36,7 @@ import dask
 import numpy as np
 import scipy.sparse as sp
 
-from edlae_dask.errors import InputDataError, MemoryBudgetError, ModelFitError, ParameterError
+from edlae_dask.errors import InputDataError, ModelFitError, ParameterError, worker_died
 from edlae_dask.io._fs import Location, location
 from edlae_dask.topn import empty_top_n, fill_exhausted, merge_block
 
@@ -556,12 +556,10 @@ def _run_jobs(jobs: list[_ShardJob], client, progress: bool, token: str) -> list
                 _log_shard(rec)
                 records.append(rec)
         except Exception as exc:
-            if type(exc).__name__ == "KilledWorker":
-                raise MemoryBudgetError(
-                    f"a Dask worker died repeatedly while scoring ({exc.args[0] if exc.args else 'a shard'}): most "
-                    "often it ran out of memory. Lower --user-batch / --item-block, or give workers more memory; the "
-                    f"{len(records)} shards finished so far are kept and a rerun resumes from them"
-                ) from exc
+            died = worker_died(exc, "scoring", memory_fix="lower --user-batch / --item-block, or add memory",
+                               note=f"The {len(records)} shards finished so far are kept and a rerun resumes from them")
+            if died is not None:
+                raise died from exc
             raise
         finally:
             for fut in futures:

@@ -39,6 +39,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from edlae_dask.evaluation.metrics import user_metrics
+from edlae_dask.linalg.graph import block_bounds, tree_sum
 from edlae_dask.topn import top_n, top_n_candidates
 
 __all__ = ["HeldOutOnCluster", "put_heldout", "lowrank_metrics", "fullrank_metrics", "rank_dense"]
@@ -62,13 +63,6 @@ def _mask_fold_in(S: np.ndarray, xb: sp.csr_matrix) -> np.ndarray:
 
 def _embed_part(X: sp.csr_matrix, lo: int, hi: int, u_i: np.ndarray) -> np.ndarray:
     return np.asarray(X[:, lo:hi] @ u_i)
-
-
-def _sum(*parts: np.ndarray) -> np.ndarray:
-    out = parts[0].copy()
-    for p in parts[1:]:
-        out += p
-    return out
 
 
 def _lowrank_block_topn(E: np.ndarray, v_j: np.ndarray, X: sp.csr_matrix, lo: int, hi: int, k: int,
@@ -154,22 +148,6 @@ def put_heldout(fold_in: sp.csr_matrix, targets: sp.csr_matrix, n_valid: int, dt
     return HeldOutOnCluster(Xd, Td, int(n_valid), int(X.shape[0]), int(X.shape[1]), token)
 
 
-def _bounds(chunks) -> tuple[int, ...]:
-    return tuple(int(b) for b in np.concatenate([[0], np.cumsum(chunks)]))
-
-
-def _tree_sum(dsk: dict, name: str, keys: list, split_every: int = 4):
-    level = 0
-    while len(keys) > 1:
-        nxt = []
-        for g in range(0, len(keys), split_every):
-            key = (name, level, g)
-            dsk[key] = (_sum, *keys[g : g + split_every])
-            nxt.append(key)
-        keys, level = nxt, level + 1
-    return keys[0]
-
-
 def lowrank_metrics(U: da.Array, V: da.Array, ks, held: HeldOutOnCluster, *, n_top: int = 100,
                     batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
     """Per-user metrics of the low-rank models ``(U[:, :k], V[:, :k])`` for each k in ``ks``.
@@ -194,7 +172,7 @@ def lowrank_metrics(U: da.Array, V: da.Array, ks, held: HeldOutOnCluster, *, n_t
     if ks[-1] > U.shape[1]:
         raise ValueError(f"k = {ks[-1]} exceeds the {U.shape[1]} columns of the factors")
     n_top = min(n_top, U.shape[0])
-    bounds = _bounds(U.chunks[0])
+    bounds = block_bounds(U.chunks[0])
     token = tokenize(U, V, ks, held.token, n_top, batch_rows)
     layer = f"edlae-eval-lowrank-{token}"
     dsk: dict = {}
@@ -203,7 +181,7 @@ def lowrank_metrics(U: da.Array, V: da.Array, ks, held: HeldOutOnCluster, *, n_t
         key = (f"edlae-eval-embed-part-{token}", i)
         dsk[key] = (_embed_part, held.X.key, bounds[i], bounds[i + 1], (U.name, i, 0))
         parts.append(key)
-    E = _tree_sum(dsk, f"edlae-eval-embed-{token}", parts)
+    E = tree_sum(dsk, f"edlae-eval-embed-{token}", parts)
     out = {}
     for k in ks:
         tops = []
@@ -234,7 +212,7 @@ def fullrank_metrics(C: da.Array, d: np.ndarray, held: HeldOutOnCluster, *, n_to
     -------
     Delayed of an ndarray of shape (n_rows, 3).
     """
-    bounds = _bounds(C.chunks[0])
+    bounds = block_bounds(C.chunks[0])
     d = np.asarray(d, dtype=C.dtype)
     n_top = min(n_top, C.shape[0])
     token = tokenize(C, d, held.token, n_top, batch_rows)

@@ -601,7 +601,7 @@ class Evaluator:
             raise type(exc)(f"grid point λ={lam:g}, p={p:g}: {exc}") from exc
         except Exception as exc:
             died = worker_died(exc, f"evaluating grid point λ={lam:g}, p={p:g}",
-                               "Fewer grid points at once (--max-concurrent) also lowers the memory needed")
+                               memory_fix="lower --max-concurrent or --block-size, or add memory")
             if died is not None:
                 raise died from exc
             raise
