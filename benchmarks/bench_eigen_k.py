@@ -59,10 +59,10 @@ def build(workdir: Path, gpu: bool = False) -> None:
     import dask.array as da
 
     from edlae_dask.dense.gram import gram
-    from edlae_dask.io.interactions import open_interactions
-    from edlae_dask.linalg import spd_inverse
     from edlae_dask.dense.student import student_matrix
     from edlae_dask.dense.teacher import regularize, teacher_scaling
+    from edlae_dask.io.interactions import open_interactions
+    from edlae_dask.linalg import spd_inverse
 
     m_path, w_path = workdir / "M-float32.npy", workdir / "M-eigvals-float64.npy"
     if not (workdir / "interactions.zarr").exists():  # a fresh machine: make bench_table1's set
@@ -368,7 +368,8 @@ def report(args) -> None:
     grid_rows = [r for run in data["runs"] if run["kind"] == "grid" for r in run["rows"]]
     if grid_rows:
         lines += ["## Grid (one monitored run per setting gives every pass count)", "",
-                  "| k | method | setting | RR dim | passes | columns | seconds | excess |", "|---|---|---|---|---|---|---|---|"]
+                  "| k | method | setting | RR dim | passes | columns | seconds | excess |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in sorted(grid_rows, key=lambda r: (r["k"], r["method"], r["setting"], r["n_matvecs"])):
             ex = r.get("obj_rel_excess")
             lines.append(f"| {r['k']:,} | {r['method']} | {r['setting']} | {r['dim']:,} | {r['n_matvecs']} | "
@@ -389,7 +390,8 @@ def report(args) -> None:
     drows = [r for run in data["runs"] if run["kind"] == "defaults" for r in run["rows"]]
     if drows:
         lines += ["", "## randomized_eigh with the default rule (new) and the previous one (old, l = 2k, q = 3)", "",
-                  "| k | rule | method | block | RR dim | passes | columns | seconds | excess | peak above start (n²·4 B) |",
+                  "| k | rule | method | block | RR dim | passes | columns | seconds | excess "
+                  "| peak above start (n²·4 B) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(drows, key=lambda r: (r["k"], r["rule"])):
             ex = r.get("obj_rel_excess")

@@ -299,7 +299,8 @@ def _library_functions() -> set:
     import edlae_dask.dense.teacher as teacher_mod
     from edlae_dask.linalg import _kernels as K
 
-    return {f for mod in (gram_mod, teacher_mod, student_mod, K) for _, f in inspect.getmembers(mod, inspect.isfunction)}
+    return {f for mod in (gram_mod, teacher_mod, student_mod, K)
+            for _, f in inspect.getmembers(mod, inspect.isfunction)}
 
 
 def retarget(arr, kernels: dict, meta, allowed: frozenset = frozenset()):
@@ -320,7 +321,8 @@ def retarget(arr, kernels: dict, meta, allowed: frozenset = frozenset()):
             if f in kernels:
                 dsk[key] = (kernels[f],) + task[1:]
             elif f in library and f not in allowed:
-                raise RuntimeError(f"no xp version of the library kernel {f.__module__}.{f.__name__}; add one to make_kernels")
+                raise RuntimeError(f"no xp version of the library kernel {f.__module__}.{f.__name__}; "
+                                   "add one to make_kernels")
     graph = HighLevelGraph.from_collections(arr.name, dsk, dependencies=[])
     return da.Array(graph, arr.name, chunks=arr.chunks, meta=meta)
 
@@ -371,8 +373,8 @@ class Pipeline:
     def inverse(self, G, lam, p):
         import dask.array as da
 
-        from edlae_dask.linalg import spd_inverse
         from edlae_dask.dense.teacher import regularize
+        from edlae_dask.linalg import spd_inverse
 
         P = self.rt(regularize(G, lam, p))
         if self.inverse_mode == "blocked":
@@ -600,7 +602,9 @@ class Pipeline:
 
         G = stage("gram", lambda: self.gram(store, block))
         P, C, diag_c = stage("inverse", lambda: self.inverse(G, lam, p))
-        del G  # P's diagonal blocks still reference G's persisted blocks until M is made
+        # `X = None` releases a stage's input as `del X` would; `del` of a name a stage closure uses
+        # reads to linters as an undefined name, though each closure has run by then
+        G = None  # P's diagonal blocks still reference G's persisted blocks until M is made
 
         def make_m():
             d = teacher_scaling(diag_c)
@@ -608,7 +612,7 @@ class Pipeline:
             return self.student(P, C, d)
 
         M = stage("student", make_m)
-        del P
+        P = None
 
         def solve():
             V, theta, resid, info = self.eigensolve(M, k, self.eig_method)
@@ -616,9 +620,9 @@ class Pipeline:
             return self.factors_u(C, state["d"], V), V
 
         U, V = stage("eigensolve", solve)
-        del M, C
+        M = C = None
         Uh, Vh = stage("fetch", lambda: (be.to_host(U.compute()), be.to_host(V.compute())))
-        del U, V
+        U = V = None
         return dict(U=Uh, V=Vh, eigenvalues=state["theta"], ritz_residuals=state["resid"], eigensolver=state["info"],
                     stages=stages, seconds=time.perf_counter() - t_all, block_size=block)
 
@@ -676,8 +680,8 @@ def check(be, args) -> dict:
     """Small set: GPU factors against the dense float64 oracle and against the CPU library."""
     import scipy.sparse as sp
 
-    from edlae_dask.io.interactions import read_shard
     from edlae_dask.config import TrainParams
+    from edlae_dask.io.interactions import read_shard
 
     sys.path.insert(0, str(HERE.parent / "tests"))
     from oracle import dense_algorithm1
@@ -738,8 +742,10 @@ def check(be, args) -> dict:
             say("check k={k} ({method}): eigenvalues rel. err. {eigenvalue_rel_err_max:.2e}; eq.-15 objective excess "
                 "{objective_excess:.2e} (library {library_objective_excess:.2e}); U·Vᵀ rel. err. vs oracle "
                 "{uvt_rel_err_vs_oracle:.2e} (library {library_uvt_rel_err_vs_oracle:.2e}), vs library "
-                "{uvt_rel_diff_vs_library:.2e}, eigenvalues vs library {eigenvalue_rel_diff_vs_library:.1e}; ‖U − B·V‖/‖B·V‖ {u_equals_bv_rel_err:.1e}; "
-                "λ_k+1/λ_k {eigenvalue_gap_k:.4f} -> {verdict}".format(**row, verdict="ok" if row["passed"] else "FAILED"))
+                "{uvt_rel_diff_vs_library:.2e}, eigenvalues vs library {eigenvalue_rel_diff_vs_library:.1e}; "
+                "‖U − B·V‖/‖B·V‖ {u_equals_bv_rel_err:.1e}; "
+                "λ_k+1/λ_k {eigenvalue_gap_k:.4f} -> {verdict}".format(
+                    **row, verdict="ok" if row["passed"] else "FAILED"))
             rows.append(row)
     return dict(data=meta, lam=args.lam, p=args.p, dtype=args.dtype, inverse=args.inverse, rows=rows,
                 passed=all(r["passed"] for r in rows))
@@ -757,14 +763,16 @@ def markdown(result: dict) -> str:
         f"Data: {d['n_users']:,} users x {d['n_items']:,} items, {d['nnz']:,} interactions ({d['name']}).",
         f"Device: {dev.get('device', 'CPU')} ({dev.get('device_memory_gib', '–')} GiB); host: "
         f"{result['machine']['cpu_model']}, {result['machine']['cores']} cores. Paper: 16 vCPUs, 128 GB.",
-        f"{result['dtype']} (the CPU default is float32), λ = {result['lam']:g}, p = {result['p']:g}; inverse: {result['inverse']}; "
+        f"{result['dtype']} (the CPU default is float32), λ = {result['lam']:g}, p = {result['p']:g}; "
+        f"inverse: {result['inverse']}; "
         f"Dask scheduler: {result['scheduler']}. Stage seconds end with a device synchronisation; ingest "
         "(making the store) is not timed; `fetch` copies U, V to the host (no factor store is written).",
         "",
     ]
     if result["runs"]:
         lines += ["| k | eigensolver | paper (s) | GPU (s) | GPU/paper | gram | inverse | student | eigensolve | fetch "
-                  "| peak GPU GiB | Ritz res. max | Σ top-k θ |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| peak GPU GiB | Ritz res. max | Σ top-k θ |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         st, paper = r["stages"], PAPER_SECONDS.get(r["k"])
         lines.append(
@@ -778,7 +786,8 @@ def markdown(result: dict) -> str:
         if "error" in c:
             lines += ["", f"CPU library run failed: {c['error']}"]
         else:
-            lines += ["", f"CPU library on this machine's {c['n_workers']} workers, k = {c['k']:,}: {c['seconds']:.1f} s "
+            lines += ["", f"CPU library on this machine's {c['n_workers']} workers, "
+                      f"k = {c['k']:,}: {c['seconds']:.1f} s "
                       "(" + ", ".join(f"{s} {v['seconds']:.1f}" for s, v in c["stages"].items()) + ")"]
     if result.get("check"):
         c = result["check"]
@@ -787,7 +796,8 @@ def markdown(result: dict) -> str:
                   "| k | method | eigenvalue rel. err. | eq.-15 excess (library) | U·Vᵀ rel. err. vs oracle (library) "
                   "| U·Vᵀ vs library | passed |", "|---|---|---|---|---|---|---|"]
         for r in c["rows"]:
-            lines.append(f"| {r['k']} | {r['method']} | {r['eigenvalue_rel_err_max']:.1e} | {r['objective_excess']:.1e} "
+            lines.append(f"| {r['k']} | {r['method']} | {r['eigenvalue_rel_err_max']:.1e} | "
+                         f"{r['objective_excess']:.1e} "
                          f"({r['library_objective_excess']:.1e}) | {r['uvt_rel_err_vs_oracle']:.1e} "
                          f"({r['library_uvt_rel_err_vs_oracle']:.1e}) | {r['uvt_rel_diff_vs_library']:.1e} "
                          f"| {'yes' if r['passed'] else 'NO'} |")
@@ -863,7 +873,8 @@ def main(argv=None) -> int:
     result = dict(benchmark="Table 1 of Steck & Garcia Garcia (2021), GPU (CuPy-backed Dask arrays)",
                   backend=args.backend, device=device, command=cmd, date=time.strftime("%Y-%m-%dT%H:%M:%S"),
                   lam=args.lam, p=args.p, dtype=args.dtype, inverse=args.inverse,
-                  scheduler=f"{args.scheduler} ({args.threads} threads)" if args.scheduler == "threads" else args.scheduler,
+                  scheduler=(f"{args.scheduler} ({args.threads} threads)" if args.scheduler == "threads"
+                             else args.scheduler),
                   paper=dict(seconds=PAPER_SECONDS, machine="16 vCPUs, 128 GB"), runs=[])
     try:
         result["machine"] = T1.machine_info()

@@ -1,6 +1,6 @@
 """float32 against float64: test nDCG@100 of Algorithm 1 on real data at the same λ, p and k.
 
-    python benchmarks/bench_precision.py                                  # ml-1m-diffrec-clean, beibei-ehcf; k = 100, 500
+    python benchmarks/bench_precision.py                                # ml-1m-diffrec-clean, beibei-ehcf; k = 100, 500
     python benchmarks/bench_precision.py --datasets ml-1m-diffrec-clean --ks 100
 
 float32 is the default dtype of training only if it costs no accuracy (issue #5). For each dataset

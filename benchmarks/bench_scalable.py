@@ -76,10 +76,10 @@ def _stage_table(stages: dict) -> dict:
 
 def accuracy(args) -> None:
     from edlae_dask.cluster import connect
+    from edlae_dask.config import TrainParams
     from edlae_dask.evaluation.split import strong_generalization_split
     from edlae_dask.ingest import ingest
     from edlae_dask.io.interactions import open_interactions, write_interactions
-    from edlae_dask.config import TrainParams
     from edlae_dask.pipeline import train
 
     work = args.workdir / args.dataset
@@ -125,7 +125,8 @@ def accuracy(args) -> None:
               f"--lam {args.lam} --p {args.p} --neighbors {' '.join(map(str, args.neighbors))} --score {args.score}`"]
     out = HERE / "results" / f"scalable-accuracy-{args.dataset}-{args.score}"
     out.parent.mkdir(exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"dataset": args.dataset, "args": {k: str(v) for k, v in vars(args).items()},
+    out.with_suffix(".json").write_text(json.dumps({"dataset": args.dataset,
+                                                    "args": {k: str(v) for k, v in vars(args).items()},
                                                     "split": split.summary(), "runs": rows, "machine": _machine()},
                                                    indent=2))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -134,8 +135,8 @@ def accuracy(args) -> None:
 
 def scale(args) -> None:
     from edlae_dask.cluster import connect
-    from edlae_dask.io.interactions import write_interactions
     from edlae_dask.config import TrainParams
+    from edlae_dask.io.interactions import write_interactions
     from edlae_dask.pipeline import train
     from edlae_dask.scoring import score
     from edlae_dask.synthetic import make_interactions
@@ -147,7 +148,8 @@ def scale(args) -> None:
         store_path = work / "interactions.zarr"
         if not (store_path / "zarr.json").exists():
             t0 = time.perf_counter()
-            X = make_interactions(2 * n, n, mean_per_user=25, item_alpha=args.alpha, n_topics=max(50, n // 2000), seed=0)
+            X = make_interactions(2 * n, n, mean_per_user=25, item_alpha=args.alpha, n_topics=max(50, n // 2000),
+                                  seed=0)
             write_interactions(store_path, X, shard_size=100_000, overwrite=True)
             print(f"made {X.shape[0]} x {X.shape[1]}, {X.nnz} interactions in {time.perf_counter() - t0:.0f} s",
                   flush=True)

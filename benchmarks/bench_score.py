@@ -200,7 +200,8 @@ def main() -> None:
                       "its CPU time (the rest: selection, masking, merging)", flush=True)
 
     head = (f"{'items':>8} {'k':>5} {'seconds':>8} {'users/s':>9} {'GFLOP/s':>8} {'of peak':>8} "
-            f"{'of block sgemm':>15} {'GFLOP/CPU-s':>12} {'CPU eff.':>9} {'load':>10} {'peak worker GiB':>16} {'kernel: GEMM':>13}")
+            f"{'of block sgemm':>15} {'GFLOP/CPU-s':>12} {'CPU eff.':>9} {'load':>10} {'peak worker GiB':>16} "
+            f"{'kernel: GEMM':>13}")
     print(f"\n{args.users:,} users, top {args.top_n}, {args.workers} workers x 1 thread; "
           f"sgemm peak {peak:.1f} GFLOP/s on {args.workers} threads")
     print(head)
@@ -213,7 +214,8 @@ def main() -> None:
     try:
         from threadpoolctl import threadpool_info
 
-        blas = [{k: v for k, v in i.items() if k in ("internal_api", "version", "architecture")} for i in threadpool_info()]
+        blas = [{k: v for k, v in i.items() if k in ("internal_api", "version", "architecture")}
+                for i in threadpool_info()]
     except Exception:  # pragma: no cover
         blas = []
     args.out.parent.mkdir(parents=True, exist_ok=True)

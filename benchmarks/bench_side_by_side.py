@@ -259,8 +259,8 @@ def main(argv=None) -> int:
     if "naive" not in args.skip:
         if n > args.naive_max_items:
             paths["naive"] = dict(skipped=f"{n} items > --naive-max-items {args.naive_max_items}: numpy.linalg.inv "
-                                          f"needs ~{8 * n * n * 4 / GiB:.0f} GiB and eigsh at k={args.k} takes far longer; "
-                                          "see the scaled run")
+                                          f"needs ~{8 * n * n * 4 / GiB:.0f} GiB and eigsh at k={args.k} "
+                                          "takes far longer; see the scaled run")
         else:
             log.info("(a) naive numpy/scipy, time limit %.0f s", args.timeout)
             paths["naive"] = run_child("naive", store, common, args.timeout)
@@ -274,7 +274,8 @@ def main(argv=None) -> int:
                        block_size=None, seed=args.seed)
         from edlae_dask.io.factors import open_factors
 
-        np.save(store.parent / "side-by-side-V-edlae.npy", open_factors(str(store.parent / f"factors-k{args.k}")).V.compute())
+        np.save(store.parent / "side-by-side-V-edlae.npy",
+                open_factors(str(store.parent / f"factors-k{args.k}")).V.compute())
         paths["edlae"] = dict(seconds=r["seconds"], stages={s: v["seconds"] for s, v in r["stages"].items()},
                               peak_total_gib=r["peak_total_gib"], peak_worker_gib=r["peak_worker_gib"],
                               eigensolver=r["eigensolver"], n_workers=r["n_workers"],

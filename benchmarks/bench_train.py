@@ -42,8 +42,8 @@ def main() -> None:
     logging.getLogger("bokeh").setLevel(logging.ERROR)
 
     from edlae_dask.cluster import connect
-    from edlae_dask.ingest import ingest
     from edlae_dask.config import TrainParams
+    from edlae_dask.ingest import ingest
     from edlae_dask.pipeline import train
 
     source = args.data_dir / args.dataset / "interactions.csv.gz"

@@ -48,9 +48,9 @@ ml-1m's 2,810 items and about a minute a point at beibei's 7,976 items with k_ma
 29,318 kept items with k_max = 2,000 one point takes 11–12 min (2026-11-27 evening: inverse 171–187 s,
 eigensolves 184–217 s each, factors and scores 40–46 s each; peak resident 12.5 GiB, of which G, C, M
 9.6 GiB), hence one point per command there; at ijcai15-buy's 32,952 kept items 13–16 min (inverse
-271 s, eigensolves 240–308 s; peak resident 15.1 GiB, G, C, M 12.1 GiB). The earlier tmall point made with ``--n-power-iter 1``
-(randomized subspace, l = 4,000) took 1,113 s with eigensolves of 377 + 385 s, and left Ritz residuals
-up to 0.14 at k = 2,000 against 0.002–0.026 with the default rule. The eigensolver's accuracy: on
+271 s, eigensolves 240–308 s; peak resident 15.1 GiB, G, C, M 12.1 GiB). The earlier tmall point made with
+``--n-power-iter 1`` (randomized subspace, l = 4,000) took 1,113 s with eigensolves of 377 + 385 s, and left
+Ritz residuals up to 0.14 at k = 2,000 against 0.002–0.026 with the default rule. The eigensolver's accuracy: on
 ml-1m (λ = 50, p = 0.25, k_max = 1,000) the leading k columns reach the exact eq.-15 optimum within
 rounding (|excess| < 4e-7) for k = 10 … 500, and 1.6e-5 at k = k_max (with one power iteration of the
 subspace method); see also
@@ -386,7 +386,8 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
                       f"{{{', '.join(f'{x:g}' for x in r['ps'])}}}, k ∈ {{{', '.join(str(k) for k in r['ks'])}}}, "
                       f"{r['seconds']:.0f} s: `{r['command']}`" for r in runs]
             lines.append("")
-        lines += ["| k | EDLAE, Algorithm 1 | unconstrained LAE | EDLAE − LAE | edlae-opt (numerical optimum) | objective ratio | Δ opt − closed |",
+        lines += ["| k | EDLAE, Algorithm 1 | unconstrained LAE | EDLAE − LAE | edlae-opt (numerical optimum) "
+                  "| objective ratio | Δ opt − closed |",
                   "|---:|---|---|---:|---|---:|---:|"]
         for k in d["ks"]:
             e, l, o = _row(rows, "edlae", k), _row(rows, "lae", k), _row(rows, "edlae-opt", k)

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import psutil
 
-from edlae_dask.errors import ParameterError
 from edlae_dask.config import check_keys, check_type, read_yaml_mapping
+from edlae_dask.errors import ParameterError
 
 log = logging.getLogger("edlae_dask.cluster")
 

@@ -13,8 +13,8 @@ import numpy as np
 from edlae_dask.config import TrainParams
 from edlae_dask.errors import ParameterError
 from edlae_dask.linalg.graph import current_client
-from edlae_dask.topn import top_n
 from edlae_dask.pipeline import train
+from edlae_dask.topn import top_n
 
 _DEFAULT = TrainParams()
 

@@ -543,7 +543,8 @@ def _run_jobs(jobs: list[_ShardJob], client, progress: bool, token: str) -> list
             with ProgressBar():
                 return list(dask.compute(*tasks, scheduler="threads"))
         return list(dask.compute(*tasks, scheduler="threads"))
-    from distributed import as_completed, progress as dprogress
+    from distributed import as_completed
+    from distributed import progress as dprogress
 
     with client.as_current():
         futures = client.compute(tasks)

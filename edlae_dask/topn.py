@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edlae_dask.errors import ParameterError
+
 __all__ = ["empty_top_n", "fill_exhausted", "merge_block", "top_n", "top_n_candidates"]
 
 #: the item index of an empty place in a running top-N (never a real item: indices are int32)
@@ -85,13 +87,13 @@ def top_n(S, N: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """
     S = np.asarray(S)
     if S.ndim != 2:
-        raise ValueError(f"S must be 2-d (rows × items), got shape {S.shape}")
+        raise ParameterError(f"S must be 2-d (rows × items), got shape {S.shape}")
     if S.dtype.kind != "f":
         S = S.astype(np.float64)
     n_rows, width = S.shape
     N = int(N)
     if not 0 <= N <= width:
-        raise ValueError(f"N must be in [0, {width}] (the block's columns), got {N}")
+        raise ParameterError(f"N must be in [0, {width}] (the block's columns), got {N}")
     if N == width:
         idx = np.broadcast_to(np.arange(width, dtype=np.int64), S.shape)
     else:

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import clustered_interactions
-from oracle import dense_algorithm1, spectrum_of_student
 from edlae_dask.cli import cli
 from edlae_dask.io.factors import open_factors
+
+from conftest import clustered_interactions
+from oracle import dense_algorithm1, spectrum_of_student
 
 
 @pytest.fixture

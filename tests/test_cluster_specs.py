@@ -18,11 +18,12 @@ import yaml
 from click.testing import CliRunner
 from dask.utils import parse_bytes
 
-from conftest import clustered_interactions
 from edlae_dask.cli import cli
 from edlae_dask.cluster import connect, load_cluster_spec, make_cluster, parse_cluster
 from edlae_dask.errors import ParameterError
 from edlae_dask.io.interactions import write_interactions
+
+from conftest import clustered_interactions
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "cluster" / "k8s"

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import clustered_interactions, random_interactions
-from oracle import dense_algorithm1
 from edlae_dask.cli import cli
+from edlae_dask.dense.gram import gram
 from edlae_dask.errors import MemoryBudgetError, ParameterError
 from edlae_dask.evaluation import (
     Evaluator,
@@ -26,8 +25,10 @@ from edlae_dask.evaluation import (
 )
 from edlae_dask.evaluation.dense import PANELS, DenseWorkspace, eigensolve, plan_memory
 from edlae_dask.evaluation.objectives import objective_eq14_grad
-from edlae_dask.dense.gram import gram
 from edlae_dask.io.interactions import write_interactions
+
+from conftest import clustered_interactions, random_interactions
+from oracle import dense_algorithm1
 
 LAMS, PS, KS = (2.0, 60.0), (0.0, 0.4), (2, 4)  # the student spectra have gaps after 2 and 4
 
@@ -142,7 +143,8 @@ def test_every_model_and_grid_point_equals_the_dense_oracle(backend, request, or
         want = oracle[(g.model, g.k, g.lam, g.p)]
         for name, summaries in (("valid", g.valid), ("test", g.test)):
             got = [summaries[m].mean for m in ("ndcg@100", "recall@20", "recall@50")]
-            np.testing.assert_allclose(got, want[name], rtol=0, atol=1e-9, err_msg=f"{g.model} {g.k} {g.lam} {g.p} {name}")
+            np.testing.assert_allclose(got, want[name], rtol=0, atol=1e-9,
+                                       err_msg=f"{g.model} {g.k} {g.lam} {g.p} {name}")
         assert g.valid["ndcg@100"].n == split.valid.n_users and g.test["ndcg@100"].n == split.test.n_users
 
 
@@ -330,7 +332,8 @@ def test_eq14_gradient_matches_finite_differences(small_P):
     np.testing.assert_allclose(gV5, gV, rtol=1e-10, atol=1e-10 * np.abs(gV).max())
     dU, dV = rng.standard_normal(U.shape), rng.standard_normal(V.shape)
     h = 1e-6
-    fd = (objective_eq14(small_P, B, U + h * dU, V + h * dV) - objective_eq14(small_P, B, U - h * dU, V - h * dV)) / (2 * h)
+    fd = (objective_eq14(small_P, B, U + h * dU, V + h * dV)
+          - objective_eq14(small_P, B, U - h * dU, V - h * dV)) / (2 * h)
     assert fd == pytest.approx(np.sum(gU * dU) + np.sum(gV * dV), rel=1e-6)
 
 
@@ -435,7 +438,8 @@ def test_cli_evaluate_dense_backend_reports_what_the_dask_backend_does(problem, 
     assert rows["dask"].keys() == rows["dense"].keys() == {("edlae", 3), ("full-rank", None)}
     for key, row in rows["dask"].items():
         assert (row["lam"], row["p"]) == (rows["dense"][key]["lam"], rows["dense"][key]["p"])
-        assert row["test"]["ndcg@100"]["mean"] == pytest.approx(rows["dense"][key]["test"]["ndcg@100"]["mean"], abs=1e-9)
+        assert row["test"]["ndcg@100"]["mean"] == pytest.approx(rows["dense"][key]["test"]["ndcg@100"]["mean"],
+                                                                abs=1e-9)
 
 
 def test_cli_evaluate_rejects_a_memory_limit_that_is_not_a_size(problem):

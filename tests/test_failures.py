@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from cluster_procs import CrashOnTask, dask_cluster
-from conftest import random_interactions
+from edlae_dask.config import TrainParams
 from edlae_dask.errors import ModelFitError
 from edlae_dask.io.factors import FactorWriter, open_factors
 from edlae_dask.io.interactions import write_interactions
 from edlae_dask.io.recommendations import done_shards, open_recommendations
-from edlae_dask.config import TrainParams
 from edlae_dask.pipeline import train
 from edlae_dask.scoring import score
+
+from cluster_procs import CrashOnTask, dask_cluster
+from conftest import random_interactions
 
 pytestmark = pytest.mark.cluster
 

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from conftest import random_interactions
 from edlae_dask.dense.gram import gram, item_blocks
 from edlae_dask.io.interactions import write_interactions
+
+from conftest import random_interactions
 
 
 @pytest.mark.parametrize("block_size", [7, 10, 40])

@@ -11,8 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError
-from edlae_dask.ingest import IngestReport, ingest
-from edlae_dask.ingest import pipeline
+from edlae_dask.ingest import IngestReport, ingest, pipeline
 from edlae_dask.ingest.readers import detect_format
 from edlae_dask.io.interactions import open_interactions
 

@@ -11,8 +11,8 @@ import pytest
 import scipy.linalg
 
 from edlae_dask.errors import ModelFitError, ParameterError
-from edlae_dask.linalg import cholesky_lower, spd_inverse
 from edlae_dask.linalg import _kernels as K
+from edlae_dask.linalg import cholesky_lower, spd_inverse
 
 
 @pytest.fixture(autouse=True)

@@ -9,13 +9,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import clustered_interactions
 from edlae_dask.cli import cli
 from edlae_dask.errors import ParameterError
 from edlae_dask.io.factors import open_factors
 from edlae_dask.io.interactions import open_interactions, write_interactions
 from edlae_dask.io.recommendations import open_recommendations
 from edlae_dask.jobspec import INPUT_KEYS, JOBS, PATH_KEYS, load_job_spec, spec_key
+
+from conftest import clustered_interactions
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_TRAIN = ["--k", "4", "--lam", "3", "--p", "0.2", "--dtype", "float64", "--block-size", "16", "--seed", "1"]

@@ -37,7 +37,8 @@ def test_ndcg_ideal_is_truncated_at_k():
     T = _targets([[0, 1, 2]], 6)
     assert ndcg_at_k(np.array([[1, 0, 5, 4]]), T, 2)[0] == pytest.approx(1.0)
     # at k = 4 the ideal has 3 hits: DCG = 1 + 1/log2(3), IDCG = 1 + 1/log2(3) + 1/2
-    assert ndcg_at_k(np.array([[1, 0, 5, 4]]), T, 4)[0] == pytest.approx((1 + 1 / math.log2(3)) / (1.5 + 1 / math.log2(3)))
+    assert ndcg_at_k(np.array([[1, 0, 5, 4]]), T, 4)[0] == pytest.approx(
+        (1 + 1 / math.log2(3)) / (1.5 + 1 / math.log2(3)))
 
 
 def test_recall_divides_by_min_of_k_and_number_of_targets():

@@ -4,16 +4,17 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from conftest import clustered_interactions, random_interactions
-from oracle import dense_algorithm1, spectrum_of_student
-from edlae_dask.errors import MemoryBudgetError, ModelFitError, ParameterError
-from edlae_dask.io.interactions import write_interactions
 from edlae_dask.config import TrainParams
 from edlae_dask.dense.student import student_factors, student_matrix, student_operator_implicit
 from edlae_dask.dense.teacher import regularize, teacher_scaling
+from edlae_dask.errors import MemoryBudgetError, ModelFitError, ParameterError
+from edlae_dask.io.interactions import write_interactions
 from edlae_dask.model import EDLAE
 from edlae_dask.pipeline import train
 from edlae_dask.planning import check_memory
+
+from conftest import clustered_interactions, random_interactions
+from oracle import dense_algorithm1, spectrum_of_student
 
 
 def _as_dask(A, block):

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cluster_procs import dask_cluster
-from conftest import clustered_interactions
 from edlae_dask.cli import cli
 from edlae_dask.io.factors import open_factors
 from edlae_dask.io.interactions import write_interactions
 from edlae_dask.io.recommendations import open_recommendations
+
+from cluster_procs import dask_cluster
+from conftest import clustered_interactions
 
 pytestmark = pytest.mark.cluster
 

@@ -15,16 +15,17 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import publish_factors, random_interactions, recommendations
 from edlae_dask.cli import cli
+from edlae_dask.config import TrainParams
 from edlae_dask.errors import StoreFormatError
 from edlae_dask.ingest import ingest
 from edlae_dask.io.factors import FactorWriter, list_versions, open_factors
 from edlae_dask.io.interactions import open_interactions, write_interactions
 from edlae_dask.io.recommendations import open_recommendations
-from edlae_dask.config import TrainParams
 from edlae_dask.pipeline import train
 from edlae_dask.scoring import score
+
+from conftest import publish_factors, random_interactions, recommendations
 
 PARAMS = TrainParams(k=4, lam=2.0, p=0.2, dtype="float64", block_size=12, path="dense", seed=3)
 def objects(prefix, options):

@@ -9,12 +9,13 @@ import pytest
 import zarr
 from distributed import get_task_stream
 
-from cluster_procs import LineWatcher, dask_cluster, edlae_cmd, kill_group, spawn
-from conftest import clustered_interactions
+from edlae_dask.config import TrainParams
 from edlae_dask.io.factors import open_factors
 from edlae_dask.io.interactions import write_interactions
-from edlae_dask.config import TrainParams
 from edlae_dask.pipeline import train
+
+from cluster_procs import LineWatcher, dask_cluster, edlae_cmd, kill_group, spawn
+from conftest import clustered_interactions
 
 PARAMS = TrainParams(k=4, lam=3.0, p=0.2, dtype="float64", block_size=16, seed=5, path="dense")
 # tasks of the stages a checkpoint replaces (see edlae_dask.gram and edlae_dask.linalg.inverse)

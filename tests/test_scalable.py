@@ -10,18 +10,19 @@ import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
 
-from conftest import clustered_interactions, random_interactions
-from oracle import dense_algorithm1, spectrum_of_student
 from edlae_dask.cli import cli
+from edlae_dask.config import TrainParams
 from edlae_dask.errors import MemoryBudgetError
 from edlae_dask.io.factors import open_factors
 from edlae_dask.io.interactions import write_interactions
-from edlae_dask.config import TrainParams
 from edlae_dask.pipeline import train
 from edlae_dask.planning import choose_path
 from edlae_dask.scalable.neighbors import balanced_item_blocks, row_products_bound, top_neighbors
 from edlae_dask.scalable.operator import StudentOperator
 from edlae_dask.scalable.teacher import teacher_transpose, teacher_weights
+
+from conftest import clustered_interactions, random_interactions
+from oracle import dense_algorithm1, spectrum_of_student
 
 
 def _gram(X):

@@ -8,12 +8,13 @@ import pytest
 import scipy.sparse as sp
 from distributed import Client, Event
 
-from cluster_procs import LineWatcher, dask_cluster, edlae_cmd, hold_until_set, kill_group, spawn
-from conftest import random_interactions
 from edlae_dask.io.factors import FactorWriter
 from edlae_dask.io.interactions import write_interactions
 from edlae_dask.io.recommendations import open_recommendations
 from edlae_dask.scoring import score
+
+from cluster_procs import LineWatcher, dask_cluster, edlae_cmd, hold_until_set, kill_group, spawn
+from conftest import random_interactions
 
 N_USERS, N_ITEMS, SHARD, K = 120, 40, 20, 6
 

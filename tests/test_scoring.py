@@ -15,13 +15,14 @@ import zarr
 from click.testing import CliRunner
 
 import edlae_dask
-from conftest import random_interactions
 from edlae_dask.cli import cli
 from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError, StoreFormatError
 from edlae_dask.io.factors import FactorWriter, open_factors
 from edlae_dask.io.interactions import write_interactions
 from edlae_dask.io.recommendations import open_recommendations
 from edlae_dask.scoring import score, top_n_scores
+
+from conftest import random_interactions
 
 N_USERS, N_ITEMS, K, SHARD = 47, 53, 4, 10  # shards of 10, 10, 10, 10, 7 users
 
@@ -143,7 +144,8 @@ def test_store_layout_chunks_follow_ragged_shards(problem):
     m = rec.meta
     assert m["format"] == "edlae-dask/recommendations" and m["format_version"] == 1
     assert (m["top_n"], m["n_users"], m["n_items"]) == (5, N_USERS, N_ITEMS)
-    assert m["factor_version"] == f.version and m["factors_interactions_fingerprint"] == f.meta["interactions_fingerprint"]
+    assert (m["factor_version"] == f.version
+            and m["factors_interactions_fingerprint"] == f.meta["interactions_fingerprint"])
     assert m["interactions_fingerprint"] == edlae_dask.open_interactions(p["store"]).fingerprint
     assert rec.complete and rec.done_shards == (0, 1, 2, 3, 4)
     g = zarr.open_group(str(p["out"]), mode="r")

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import random_interactions
 from edlae_dask.errors import ParameterError
 from edlae_dask.evaluation import strong_generalization_split
 from edlae_dask.io.interactions import write_interactions
+
+from conftest import random_interactions
 
 
 @pytest.fixture(scope="module")

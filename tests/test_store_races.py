@@ -14,13 +14,14 @@ import fsspec
 import numpy as np
 import pytest
 
-from conftest import publish_factors, random_interactions, recommendations
 from edlae_dask.errors import StoreFormatError
 from edlae_dask.io import _fs
 from edlae_dask.io._fs import location
 from edlae_dask.io.interactions import open_interactions, write_interactions, write_interactions_from_shards
 from edlae_dask.io.recommendations import open_recommendations
 from edlae_dask.scoring import score
+
+from conftest import publish_factors, random_interactions, recommendations
 
 
 def memory_url(request, name):

@@ -11,12 +11,13 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import random_interactions
 from edlae_dask.errors import StoreFormatError
 from edlae_dask.io.factors import FactorWriter, open_factors
 from edlae_dask.io.interactions import open_interactions, read_shard, write_interactions
 from edlae_dask.io.recommendations import open_recommendations
 from edlae_dask.scoring import score
+
+from conftest import random_interactions
 
 # the numcodecs stand-in below makes zarr warn that it is not a v3 codec: that is the point
 pytestmark = pytest.mark.filterwarnings("ignore:Numcodecs codecs are not in the Zarr version 3")

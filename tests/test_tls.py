@@ -20,12 +20,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import clustered_interactions
 from edlae_dask.cli import cli
 from edlae_dask.cluster import connect
 from edlae_dask.errors import ParameterError
 from edlae_dask.io.factors import open_factors
 from edlae_dask.io.interactions import write_interactions
+
+from conftest import clustered_interactions
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[1]

@@ -65,7 +65,8 @@ def _selection(sel, n: int, what: str) -> np.ndarray | None:
             raise ParameterError(f"{what} as a boolean mask must have shape ({n},); got {sel.shape}")
         return np.flatnonzero(sel)
     if sel.ndim != 1 or sel.dtype.kind not in "iu":
-        raise ParameterError(f"{what} must be a boolean mask or a 1-d array of integer indices; got {sel.dtype} {sel.shape}")
+        raise ParameterError(f"{what} must be a boolean mask or a 1-d array of integer indices; "
+                             f"got {sel.dtype} {sel.shape}")
     sel = sel.astype(np.int64)
     if sel.size and (sel[0] < 0 or sel[-1] >= n or np.any(np.diff(sel) <= 0)):
         raise ParameterError(f"{what} indices must be sorted, unique and in [0, {n}); sort them with numpy.unique")
@@ -129,7 +130,8 @@ def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_ev
             rows[s] = None if local.size == offsets[s + 1] - offsets[s] else local
     shards = list(rows)
     if not shards:
-        raise ParameterError(f"interaction store {store.path} holds no {'users' if user_idx is None else 'selected users'}")
+        raise ParameterError(f"interaction store {store.path} holds no "
+                             f"{'users' if user_idx is None else 'selected users'}")
 
     dsk: dict = {}
     for s in shards:

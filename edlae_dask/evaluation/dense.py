@@ -46,7 +46,7 @@ import numpy as np
 import scipy.linalg.lapack as lapack
 from dask.highlevelgraph import HighLevelGraph
 
-from edlae_dask.errors import MemoryBudgetError, ModelFitError
+from edlae_dask.errors import MemoryBudgetError, ModelFitError, ParameterError
 
 __all__ = ["MemoryPlan", "plan_memory", "DenseWorkspace", "process_memory", "eigensolve", "as_dask"]
 
@@ -164,7 +164,7 @@ class DenseWorkspace:
 
     def __init__(self, gram: np.ndarray, plan: MemoryPlan, block: int = COPY_BLOCK):
         if not (gram.flags.c_contiguous and gram.ndim == 2 and gram.shape[0] == gram.shape[1]):
-            raise ValueError("gram must be a square C-contiguous array")
+            raise ParameterError("gram must be a square C-contiguous array")
         self.G = gram
         self.n = gram.shape[0]
         self.dtype = gram.dtype

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from edlae_dask.errors import ParameterError
+
 __all__ = ["METRICS", "MetricSummary", "hits", "ndcg_at_k", "recall_at_k", "user_metrics", "summarize"]
 
 #: The metrics reported, as (name, function, k).
@@ -37,7 +39,7 @@ def hits(ranked: np.ndarray, targets: sp.csr_matrix) -> np.ndarray:
     ranked = np.asarray(ranked)
     targets = sp.csr_matrix(targets)
     if ranked.ndim != 2 or ranked.shape[0] != targets.shape[0]:
-        raise ValueError(f"ranked must be (n_users, N) with n_users = {targets.shape[0]}; got shape {ranked.shape}")
+        raise ParameterError(f"ranked must be (n_users, N) with n_users = {targets.shape[0]}; got shape {ranked.shape}")
     out = np.zeros(ranked.shape, dtype=bool)
     if ranked.size == 0:
         return out

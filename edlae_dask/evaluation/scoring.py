@@ -38,6 +38,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from edlae_dask.errors import ParameterError
 from edlae_dask.evaluation.metrics import user_metrics
 from edlae_dask.linalg.graph import block_bounds, tree_sum
 from edlae_dask.topn import top_n, top_n_candidates
@@ -170,7 +171,7 @@ def lowrank_metrics(U: da.Array, V: da.Array, ks, held: HeldOutOnCluster, *, n_t
     V = V.rechunk({0: U.chunks[0], 1: -1})
     ks = sorted({int(k) for k in ks})
     if ks[-1] > U.shape[1]:
-        raise ValueError(f"k = {ks[-1]} exceeds the {U.shape[1]} columns of the factors")
+        raise ParameterError(f"k = {ks[-1]} exceeds the {U.shape[1]} columns of the factors")
     n_top = min(n_top, U.shape[0])
     bounds = block_bounds(U.chunks[0])
     token = tokenize(U, V, ks, held.token, n_top, batch_rows)
@@ -187,7 +188,8 @@ def lowrank_metrics(U: da.Array, V: da.Array, ks, held: HeldOutOnCluster, *, n_t
         tops = []
         for j in range(len(V.chunks[0])):
             key = (f"edlae-eval-topn-{token}", k, j)
-            dsk[key] = (_lowrank_block_topn, E, (V.name, j, 0), held.X.key, bounds[j], bounds[j + 1], k, n_top, batch_rows)
+            dsk[key] = (_lowrank_block_topn, E, (V.name, j, 0), held.X.key, bounds[j], bounds[j + 1], k, n_top,
+                        batch_rows)
             tops.append(key)
         merged = (f"edlae-eval-merge-{token}", k)
         dsk[merged] = (_merge_topn, n_top, *tops)

@@ -78,7 +78,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
-from edlae_dask.errors import EdlaeError, MemoryBudgetError, ModelFitError, ParameterError, worker_died
+from edlae_dask.errors import EdlaeError, MemoryBudgetError, ParameterError, worker_died
 from edlae_dask.evaluation.dense import DenseWorkspace, as_dask, eigensolve, plan_memory
 from edlae_dask.evaluation.metrics import METRICS, MetricSummary, summarize
 from edlae_dask.evaluation.models import FULL_RANK, emphasis_diagonal, parse_models, scaling
@@ -189,8 +189,9 @@ class EvaluationReport:
         for r in notes:
             e = r.extra
             out.append(
-                f"edlae-opt k={r.k} (λ={r.lam:g}, p={r.p:g}; optimised at {e['exact_points']} points): eq.-14 objective "
-                f"closed form / optimum = {e['objective_ratio']:.4f} ({e['objective_eq14_closed_form']:.6g} / "
+                f"edlae-opt k={r.k} (λ={r.lam:g}, p={r.p:g}; optimised at {e['exact_points']} points): "
+                f"eq.-14 objective closed form / optimum = {e['objective_ratio']:.4f} "
+                f"({e['objective_eq14_closed_form']:.6g} / "
                 f"{e['objective_eq14_optimum']:.6g}, {e['n_iter']} L-BFGS iterations"
                 f"{'' if e['converged'] else ', not converged'}); test nDCG@100 optimum − closed form at this point "
                 f"{e['test_ndcg_diff']:+.4f} ± {e['test_ndcg_diff_se']:.4f}; edlae-opt − edlae row "
@@ -315,8 +316,9 @@ class Evaluator:
 
     Notes
     -----
-    Memory (Dask backend; for ``dense`` see :mod:`~edlae_dask.evaluation.dense`): the persisted Gram (n²·itemsize over the workers) for the Evaluator's
-    lifetime; during :meth:`run`, per grid point in flight about
+    Memory (Dask backend; for ``dense`` see :mod:`~edlae_dask.evaluation.dense`): the
+    persisted Gram (n²·itemsize over the workers) for the Evaluator's lifetime; during
+    :meth:`run`, per grid point in flight about
     3.5·n²·itemsize (its inverse C, one student matrix, the inverse's temporaries)
     plus ~10 n × 2k_max panels; :meth:`concurrency` limits the points in flight to
     what 60 % of the cluster's memory holds. The held-out rows live on the cluster
@@ -352,7 +354,8 @@ class Evaluator:
         n = int(self.split_.items.size)
         if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral)
                                        or not 1 <= block_size <= MAX_BLOCK_SIZE):
-            raise ParameterError(f"The 'block_size' parameter must be an int in [1, {MAX_BLOCK_SIZE}]. Got {block_size!r}.")
+            raise ParameterError(f"The 'block_size' parameter must be an int in [1, {MAX_BLOCK_SIZE}]. "
+                                 f"Got {block_size!r}.")
         self.block_size = int(block_size or min(n, 2048 if n <= 40_000 else 4096))
         for name, h in (("validation", self.split_.valid), ("test", self.split_.test)):
             if h.n_users == 0:
@@ -626,9 +629,9 @@ class Evaluator:
 
     def _point_dask(self, pt: tuple, tasks: set, ks, opts) -> tuple[dict, dict, dict]:
         """One grid point as Dask graphs on the cluster (inverse, students, scores all persisted there)."""
-        from edlae_dask.linalg import randomized_eigh, spd_inverse
         from edlae_dask.dense.student import student_factors, student_matrix
         from edlae_dask.dense.teacher import regularize
+        from edlae_dask.linalg import randomized_eigh, spd_inverse
 
         lam, p = pt
         held = self._held
@@ -833,16 +836,16 @@ def paired_difference(a, b, metric: str = SELECT_BY) -> MetricSummary:
     def values(r):
         if isinstance(r, GridResult):
             if r.test_per_user is None:
-                raise ValueError(f"{r.model} (k={r.k}, λ={r.lam:g}, p={r.p:g}) has no per-user test values "
+                raise ParameterError(f"{r.model} (k={r.k}, λ={r.lam:g}, p={r.p:g}) has no per-user test values "
                                  "(results read back from JSON keep only the summaries); rerun it")
             return r.test_per_user[:, METRIC_NAMES.index(metric)]
         return np.asarray(r, dtype=np.float64)
 
     if metric not in METRIC_NAMES:
-        raise ValueError(f"metric must be one of {METRIC_NAMES}, not {metric!r}")
+        raise ParameterError(f"metric must be one of {METRIC_NAMES}, not {metric!r}")
     va, vb = values(a), values(b)
     if va.shape != vb.shape:
-        raise ValueError(f"paired values need the same test users: {va.shape} vs {vb.shape}")
+        raise ParameterError(f"paired values need the same test users: {va.shape} vs {vb.shape}")
     return summarize(np.asarray(va, dtype=np.float64) - np.asarray(vb, dtype=np.float64))
 
 

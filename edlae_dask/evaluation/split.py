@@ -129,13 +129,15 @@ class Split:
 def resolve_count(value, n_users: int, name: str) -> int:
     """A group size given as a count (int >= 1) or a fraction of all users (float in (0, 1))."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ParameterError(f"The {name!r} parameter must be a count (int >= 1) or a fraction in (0, 1). Got {value!r}.")
+        raise ParameterError(f"The {name!r} parameter must be a count (int >= 1) or a fraction in (0, 1). "
+                             f"Got {value!r}.")
     if isinstance(value, numbers.Integral) or (float(value).is_integer() and value >= 1):
         count = int(value)
     elif 0 < value < 1:
         count = int(round(float(value) * n_users))
     else:
-        raise ParameterError(f"The {name!r} parameter must be a count (int >= 1) or a fraction in (0, 1). Got {value!r}.")
+        raise ParameterError(f"The {name!r} parameter must be a count (int >= 1) or a fraction in (0, 1). "
+                             f"Got {value!r}.")
     if count < 1:
         raise ParameterError(f"The {name!r} parameter selects no user ({value!r} of {n_users} users); raise it.")
     return count
@@ -227,7 +229,8 @@ def strong_generalization_split(store, *, n_valid=0.1, n_test=0.1, seed: int = 0
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ParameterError(f"The 'seed' parameter must be an int >= 0. Got {seed!r} instead.")
     if isinstance(min_items, bool) or not isinstance(min_items, numbers.Integral) or min_items < 2:
-        raise ParameterError(f"The 'min_items' parameter must be an int >= 2 (one fold-in, one target). Got {min_items!r}.")
+        raise ParameterError(f"The 'min_items' parameter must be an int >= 2 (one fold-in, one target). "
+                             f"Got {min_items!r}.")
     if not isinstance(target_fraction, numbers.Real) or not 0 < target_fraction < 1:
         raise ParameterError(f"The 'target_fraction' parameter must be in (0, 1). Got {target_fraction!r}.")
     n = store.n_users
@@ -252,7 +255,8 @@ def strong_generalization_split(store, *, n_valid=0.1, n_test=0.1, seed: int = 0
     in_valid = np.isin(held, valid_users)
 
     groups = {}
-    for name, mask, seq, users in (("valid", in_valid, valid_seq, valid_users), ("test", ~in_valid, test_seq, test_users)):
+    for name, mask, seq, users in (("valid", in_valid, valid_seq, valid_users),
+                                   ("test", ~in_valid, test_seq, test_users)):
         rows = H[np.flatnonzero(mask)][:, items]
         keep, fold_in, targets = _fold_in_target(rows, np.random.default_rng(seq), min_items, target_fraction)
         groups[name] = HeldOut(users=users[keep], fold_in=fold_in, targets=targets, n_skipped=int((~keep).sum()))

@@ -118,7 +118,9 @@ def persist(collections, client=None, *, progress: bool = False, wait: bool = Tr
         with bar:
             objs = list(dask.persist(*objs))
     if wait:
-        from distributed import futures_of, progress as show_progress, wait as wait_for
+        from distributed import futures_of
+        from distributed import progress as show_progress
+        from distributed import wait as wait_for
 
         futures = futures_of(objs)
         if futures:

@@ -127,7 +127,8 @@ def run_scalable(store, params, ctx) -> PathResult:
 
     budget = NEIGHBOR_TASK_ENTRIES
     nblocks = balanced_item_blocks(bound, budget, max_items=8192)
-    with stages.stage("neighbors", f"top-{K} co-occurring items ({params.neighbor_score}) in {len(nblocks)} blocks") as info:
+    with stages.stage("neighbors",
+                      f"top-{K} co-occurring items ({params.neighbor_score}) in {len(nblocks)} blocks") as info:
         parts = [task("neighbors", neighbors_of_block, xt, x, a, b, K, diag_g_d, params.neighbor_score)
                  for a, b in nblocks]
         nbrs = ctx.persist(task("neighbors-stack", stack_neighbors, *parts))
