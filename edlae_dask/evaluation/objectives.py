@@ -259,6 +259,7 @@ def autoencoder_error_bound(X, k: int, *, block_size: int | None = None, dtype=n
     from edlae_dask.dense.gram import gram
     from edlae_dask.io.interactions import InteractionStore, open_interactions
     from edlae_dask.linalg import randomized_eigh
+    from edlae_dask.linalg.graph import persist
 
     dtype = np.dtype(dtype)
     if isinstance(X, da.Array):
@@ -276,7 +277,7 @@ def autoencoder_error_bound(X, k: int, *, block_size: int | None = None, dtype=n
     n = G.shape[0]
     ctx = client.as_current() if client is not None else dask.config.set(scheduler="threads")
     with ctx:
-        (G,) = dask.persist(G)
+        G = persist(G, wait=False)
         trace = float(da.trace(G).compute())
         eig = randomized_eigh(lambda Q: G @ Q, n, k, row_chunks=G.chunks[0], dtype=dtype,
                               n_oversamples=n_oversamples, n_power_iter=n_power_iter, seed=seed)

@@ -40,7 +40,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from edlae_dask.errors import ParameterError
 from edlae_dask.evaluation.metrics import user_metrics
-from edlae_dask.linalg.graph import block_bounds, tree_sum
+from edlae_dask.linalg.graph import block_bounds, persist, tree_sum
 from edlae_dask.topn import top_n, top_n_candidates
 
 __all__ = ["HeldOutOnCluster", "put_heldout", "lowrank_metrics", "fullrank_metrics", "rank_dense"]
@@ -145,7 +145,7 @@ def put_heldout(fold_in: sp.csr_matrix, targets: sp.csr_matrix, n_valid: int, dt
     Xd = dask.delayed(X, name=f"edlae-eval-foldin-{token}", pure=True)
     Td = dask.delayed(T, name=f"edlae-eval-targets-{token}", pure=True)
     if client is not None:
-        Xd, Td = client.persist([Xd, Td])
+        Xd, Td = persist([Xd, Td], client, wait=False)
     return HeldOutOnCluster(Xd, Td, int(n_valid), int(X.shape[0]), int(X.shape[1]), token)
 
 

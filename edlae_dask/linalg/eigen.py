@@ -367,7 +367,7 @@ def _orthonormalize(Y: da.Array, twice: bool = True, also=()) -> tuple:
     """
     Q, R = _cholesky_qr(Y, twice)
     try:
-        Q, R, *rest = dask.persist(Q, R, *also)
+        Q, R, *rest = graph.persist([Q, R, *also], wait=False)
         R, *rest = dask.compute(R, *rest)
     except np.linalg.LinAlgError:
         rest = dask.compute(*also)
