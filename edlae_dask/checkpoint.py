@@ -90,10 +90,10 @@ class StageCheckpoints:
         self.n_items = int(n_items)
         self.dtype = np.dtype(dtype)
         self.block_size = int(block_size)
-        gram_inputs = dict(interactions_fingerprint=interactions_fingerprint, n_items=self.n_items,
-                           dtype=self.dtype.name, block_size=self.block_size)
+        gram_inputs = {"interactions_fingerprint": interactions_fingerprint, "n_items": self.n_items,
+                       "dtype": self.dtype.name, "block_size": self.block_size}
         gram_fp = _digest(["gram", gram_inputs])
-        inverse_inputs = dict(gram_fingerprint=gram_fp, lam=float(lam), p=float(p))
+        inverse_inputs = {"gram_fingerprint": gram_fp, "lam": float(lam), "p": float(p)}
         self.inputs = {"gram": gram_inputs, "inverse": inverse_inputs}
         self.fingerprints = {"gram": gram_fp, "inverse": _digest(["inverse", inverse_inputs])}
 

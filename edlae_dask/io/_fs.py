@@ -69,7 +69,7 @@ class Location:
     def __str__(self) -> str:
         return self.url
 
-    def join(self, *parts: str) -> "Location":
+    def join(self, *parts: str) -> Location:
         """The location ``parts`` below this one."""
         if self.is_local:
             return replace(self, url=os.path.join(self.url, *parts))
@@ -137,7 +137,7 @@ class Location:
             return None
         return doc if isinstance(doc, dict) else None
 
-    def read_many(self, locations: list["Location"]) -> dict[str, bytes]:
+    def read_many(self, locations: list[Location]) -> dict[str, bytes]:
         """Contents of several objects at once (absent ones left out), keyed by URL."""
         if not locations:
             return {}
@@ -242,7 +242,7 @@ def group_attrs(path) -> dict | None:
     """Attributes of the zarr v3 group at ``path`` (a path, URL or Location), or None if there is no group."""
     try:
         return dict(location(path).open_group("r").attrs)
-    except Exception:  # zarr raises several types for "no group here" (and for unreadable metadata)
+    except Exception:  # noqa: BLE001 - zarr raises several types for "no group here" (and for unreadable metadata)
         return None
 
 
@@ -261,8 +261,7 @@ def location(path, storage_options: Mapping | None = None) -> Location:
     if isinstance(path, Location):
         return path if path.storage_options or not opts else replace(path, storage_options=opts)
     text = os.fspath(path)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
+    text = text.removeprefix("file://")
     if not is_url(text):
         if "://" in text:
             raise ParameterError(f"{text!r} is not a valid path or fsspec URL (scheme://bucket/prefix)")

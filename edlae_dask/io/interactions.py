@@ -69,11 +69,12 @@ from edlae_dask.io.versioned import (
 )
 
 __all__ = [
+    "FORMAT",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "InteractionStore",
-    "normalize_ids",
     "check_output_path",
+    "normalize_ids",
     "open_interactions",
     "read_shard",
     "write_interactions",

@@ -91,8 +91,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import json
+import logging
 import math
 import os
 import re
@@ -121,16 +121,17 @@ from edlae_dask.io.versioned import (
 )
 
 __all__ = [
+    "FORMAT",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "Recommendations",
+    "carry_over",
     "chunk_rows_for",
     "create_store",
     "done_shards",
     "open_recommendations",
-    "prepare_output",
-    "carry_over",
     "output_lock",
+    "prepare_output",
     "publish",
     "scoring_token",
     "shard_tokens",
@@ -224,7 +225,7 @@ def output_lock(target):
     path = os.path.join(parent, f".{name}.lock")
     waited = False
     while True:
-        fh = open(path, "a+")
+        fh = open(path, "a+")  # noqa: SIM115 - held (and locked) across the yield below, closed by hand
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
