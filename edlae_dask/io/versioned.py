@@ -427,8 +427,7 @@ class Versions:
         kept = {current, previous}
         removable = [n for n in names if n not in kept]
         if age is not None:
-            ages = {n: age(self.child(n)) for n in names}
-            ages[current] = age(self.child(current))
+            ages = {n: age(self.child(n)) for n in {*names, current}}
             newest_first = sorted((n for n in ages if ages[n] is not None), key=ages.__getitem__, reverse=True)
             if ages[current] is None:
                 return []  # nothing to measure against: a later publish prunes
