@@ -16,7 +16,7 @@ fingerprint plus λ and p (not k, the seed or the eigensolver settings, so a run
 with another k reuses both). A checkpoint's ``complete`` attribute is written
 last, and one without it is never read. In a local directory it is also written
 in full under a temporary name and renamed into place
-(:func:`edlae_dask.io._atomic.replace_dir`): complete or absent. Under an fsspec
+(:func:`edlae_dask.io.versioned.move_into_place`): complete or absent. Under an fsspec
 URL (object storage: no rename) it is written in place, ``complete`` last. One
 that is incomplete, damaged (a chunk missing reads as NaN), foreign or not plain
 numbers is ignored with a warning and recomputed; nothing in it is unpickled.
@@ -31,7 +31,6 @@ edlae-dask: remove it once the model is published and no rerun with other k,
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import logging
@@ -45,16 +44,17 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
-from edlae_dask.io._atomic import replace_dir
-from edlae_dask.io._fs import Location, location
+from edlae_dask.io._fs import Location, group_attrs, location
 from edlae_dask.io._plain import check_plain_array, get_node
+from edlae_dask.io.versioned import StoreFormat, check_format, mark_complete, move_into_place, open_group
 
 log = logging.getLogger("edlae_dask.checkpoint")
 
 FORMAT_NAME = "edlae-dask/checkpoint"
 FORMAT_VERSION = 1
+# no advice in the messages: they are logged as the reason a checkpoint is recomputed
+FORMAT = StoreFormat(FORMAT_NAME, FORMAT_VERSION, "checkpoint")
 #: the arrays each stage keeps: name -> "matrix" (n x n, square blocks) or "vector" (n,)
 STAGE_ARRAYS = {"gram": {"G": "matrix"}, "inverse": {"C": "matrix", "diag_c": "vector"}}
 
@@ -90,10 +90,10 @@ class StageCheckpoints:
         self.n_items = int(n_items)
         self.dtype = np.dtype(dtype)
         self.block_size = int(block_size)
-        gram_inputs = dict(interactions_fingerprint=interactions_fingerprint, n_items=self.n_items,
-                           dtype=self.dtype.name, block_size=self.block_size)
+        gram_inputs = {"interactions_fingerprint": interactions_fingerprint, "n_items": self.n_items,
+                       "dtype": self.dtype.name, "block_size": self.block_size}
         gram_fp = _digest(["gram", gram_inputs])
-        inverse_inputs = dict(gram_fingerprint=gram_fp, lam=float(lam), p=float(p))
+        inverse_inputs = {"gram_fingerprint": gram_fp, "lam": float(lam), "p": float(p)}
         self.inputs = {"gram": gram_inputs, "inverse": inverse_inputs}
         self.fingerprints = {"gram": gram_fp, "inverse": _digest(["inverse", inverse_inputs])}
 
@@ -150,14 +150,9 @@ class StageCheckpoints:
         return out
 
     def _open(self, stage: str, path: Location) -> dict:
-        try:
-            group = path.open_group("r")
-        except Exception as exc:  # zarr raises several types for "not a group here"
-            raise StoreFormatError(f"not a zarr v3 group: {exc}") from exc
-        attrs = dict(group.attrs)
-        expected = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION, stage=stage,
-                        fingerprint=self.fingerprints[stage], complete=True)
-        for key, want in expected.items():
+        group = open_group(path, FORMAT)
+        attrs = check_format(dict(group.attrs), path, FORMAT, complete=True)
+        for key, want in {"stage": stage, "fingerprint": self.fingerprints[stage]}.items():
             if attrs.get(key) != want:
                 raise StoreFormatError(f"attribute {key!r} is {attrs.get(key)!r}, expected {want!r}")
         n = self.n_items
@@ -203,12 +198,11 @@ class StageCheckpoints:
                     w.compute(scheduler="threads")
                 else:
                     client.compute(w).result()
-            group.attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, stage=stage,
-                               fingerprint=self.fingerprints[stage], inputs=self.inputs[stage],
-                               created=_dt.datetime.now(_dt.timezone.utc).isoformat(), code_version=__version__)
-            group.attrs["complete"] = True  # last: a checkpoint without it is never read
+            # the marker last: a checkpoint without it is never read
+            mark_complete(group, FORMAT.stamp(stage=stage, fingerprint=self.fingerprints[stage],
+                                              inputs=self.inputs[stage]))
             if final.is_local:
-                replace_dir(tmp.url, final.url, check_replaceable=_check_replaceable)
+                move_into_place(tmp.url, final.url, check_replaceable=_check_replaceable)
         except BaseException:
             tmp.remove()
             raise
@@ -217,9 +211,5 @@ class StageCheckpoints:
 
 def _check_replaceable(path) -> None:
     """Only a checkpoint (e.g. one a concurrent run with the same inputs wrote) is ever replaced."""
-    try:
-        found = dict(zarr.open_group(os.fspath(path), mode="r", zarr_format=3).attrs).get("format")
-    except Exception:  # not a zarr group at all
-        found = None
-    if found != FORMAT_NAME:
+    if not FORMAT.is_ours(group_attrs(path)):
         raise OutputExistsError(f"refusing to replace {path}: it is not an edlae-dask checkpoint")

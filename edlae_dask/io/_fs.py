@@ -14,7 +14,7 @@ use them with the threaded scheduler only.)
 
 Object stores have no rename, so what is published there is made visible by one
 PUT of one small object (atomic per object in S3 and GCS): a completion marker
-written last, or a pointer naming a complete version. See each store's module.
+written last, or a pointer naming a complete version (:mod:`edlae_dask.io.versioned`).
 Nor do they have locks: a version or attempt that a pointer no longer names is
 deleted only once nothing has written to it for :data:`PRUNE_GRACE_S`, as told
 by the modification times in the backend's listing (:meth:`Location.idle_for`).
@@ -27,12 +27,12 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from edlae_dask.errors import ParameterError, StoreFormatError
+from edlae_dask.errors import ParameterError
 
-__all__ = ["Location", "bad_pointer", "group_attrs", "is_url", "location", "parse_storage_options", "read_pointer"]
+__all__ = ["Location", "group_attrs", "is_url", "location", "parse_storage_options"]
 
 # Under a URL a version or write attempt that anything wrote to more recently than this is never
 # pruned: a run may still be writing it (longer than any one shard takes to score or to ingest)
@@ -69,7 +69,7 @@ class Location:
     def __str__(self) -> str:
         return self.url
 
-    def join(self, *parts: str) -> "Location":
+    def join(self, *parts: str) -> Location:
         """The location ``parts`` below this one."""
         if self.is_local:
             return replace(self, url=os.path.join(self.url, *parts))
@@ -137,7 +137,7 @@ class Location:
             return None
         return doc if isinstance(doc, dict) else None
 
-    def read_many(self, locations: list["Location"]) -> dict[str, bytes]:
+    def read_many(self, locations: list[Location]) -> dict[str, bytes]:
         """Contents of several objects at once (absent ones left out), keyed by URL."""
         if not locations:
             return {}
@@ -242,28 +242,8 @@ def group_attrs(path) -> dict | None:
     """Attributes of the zarr v3 group at ``path`` (a path, URL or Location), or None if there is no group."""
     try:
         return dict(location(path).open_group("r").attrs)
-    except Exception:  # zarr raises several types for "no group here" (and for unreadable metadata)
+    except Exception:  # noqa: BLE001 - zarr raises several types for "no group here" (and for unreadable metadata)
         return None
-
-
-def read_pointer(root: Location, name: str, *, valid: Callable[[str], bool], what: str) -> str | None:
-    """The name held by the pointer object ``root/name`` (one GET); None if there is no pointer.
-
-    ``what`` says what the name must be in the error (``"a factor version"``).
-
-    Raises
-    ------
-    StoreFormatError
-        The pointer holds something ``valid`` rejects (see :func:`bad_pointer`).
-    """
-    where = root.join(name)
-    data = where.read_bytes()
-    if data is None:
-        return None
-    text = data.decode("utf-8", "replace").strip()
-    if not valid(text):
-        raise bad_pointer(str(where), text, what)
-    return text
 
 
 def location(path, storage_options: Mapping | None = None) -> Location:
@@ -281,8 +261,7 @@ def location(path, storage_options: Mapping | None = None) -> Location:
     if isinstance(path, Location):
         return path if path.storage_options or not opts else replace(path, storage_options=opts)
     text = os.fspath(path)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
+    text = text.removeprefix("file://")
     if not is_url(text):
         if "://" in text:
             raise ParameterError(f"{text!r} is not a valid path or fsspec URL (scheme://bucket/prefix)")
@@ -313,11 +292,3 @@ def parse_storage_options(text) -> dict | None:
     if not isinstance(value, dict):
         raise ParameterError(f"storage options must be a JSON object (a mapping); got {text!r}")
     return value
-
-
-def bad_pointer(where: str, found: str, what: str) -> StoreFormatError:
-    """The error for a pointer object whose content is not the name of ``what`` (e.g. "a factor version")."""
-    return StoreFormatError(
-        f"{where} holds {found[:60]!r}, not the name of {what}: it was not written by edlae-dask "
-        "or was tampered with. Publish again (it is rewritten), or remove it yourself"
-    )

@@ -32,7 +32,6 @@ versions beyond ``keep`` are pruned only after ``LATEST`` has moved.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,14 +40,19 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
-from edlae_dask.io._atomic import fsync_dir
-from edlae_dask.io._fs import Location, group_attrs, location, read_pointer
+from edlae_dask.io._fs import Location, location
 from edlae_dask.io._plain import check_plain_array, get_node
+from edlae_dask.io.versioned import StoreFormat, Versions, check_format, mark_complete, move_into_place, open_group
 
 FORMAT_NAME = "edlae-dask/factors"
 FORMAT_VERSION = 1
+FORMAT = StoreFormat(
+    FORMAT_NAME, FORMAT_VERSION, "factor store",
+    foreign_fix="Pass the --out of `edlae-dask train`",
+    version_fix="Retrain with this version, or use the edlae-dask that wrote it",
+    incomplete_fix="Its publish did not finish: open another version (`edlae-dask info`), or retrain",
+)
 _LATEST = "LATEST"
 _VERSIONS = "versions"
 
@@ -67,9 +71,15 @@ def _new_version_name() -> str:
     return f"v{now}-{secrets.token_hex(3)}"
 
 
+def _versions(root: Location) -> Versions:
+    """``LATEST`` and ``versions/``; a local publish's ``.tmp-`` directories are not versions."""
+    return Versions(root, _LATEST, _VERSIONS, valid=_is_version_name, what="a factor version",
+                    listed=lambda name: name.startswith("v"))
+
+
 def _read_latest(root: Location) -> str | None:
     """The version ``LATEST`` names (None if there is no LATEST); a malformed one is a StoreFormatError."""
-    return read_pointer(root, _LATEST, valid=_is_version_name, what="a factor version")
+    return _versions(root).read()
 
 
 def _is_version_name(name: str) -> bool:
@@ -126,7 +136,7 @@ class FactorWriter:
             self.tmp = self.location.join(_VERSIONS, self.version)
         self.group = self.tmp.open_group("w")
         # the format first: a version whose publish died is then reported as incomplete, not as foreign
-        self.group.attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, version=self.version)
+        self.group.attrs.update(format=FORMAT.name, format_version=FORMAT.version, version=self.version)
         self.committed = False
 
     @property
@@ -153,26 +163,11 @@ class FactorWriter:
 
     def commit(self, attrs: dict) -> str:
         """Set the attributes, mark complete, move into place and name it in LATEST."""
-        meta = dict(attrs)
-        meta.update(
-            format=FORMAT_NAME,
-            format_version=FORMAT_VERSION,
-            version=self.version,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
-            code_version=__version__,
-        )
-        self.group.attrs.update(meta)
-        self.group.attrs["complete"] = True  # the version's own marker, written after everything else
-        if self.location.is_local:
-            final = self.root / _VERSIONS / self.version
-            os.rename(self.tmp.url, final)
-            fsync_dir(final.parent)
-            latest_tmp = self.root / f".{_LATEST}.{self.version}"
-            latest_tmp.write_text(self.version + "\n")
-            os.replace(latest_tmp, self.root / _LATEST)
-            fsync_dir(self.root)
-        else:
-            self.location.join(_LATEST).write_bytes((self.version + "\n").encode())  # one PUT: the switch
+        mark_complete(self.group, FORMAT.stamp(attrs, version=self.version))
+        versions = _versions(self.location)
+        if self.location.is_local:  # a fresh, unique name: nothing is ever replaced
+            move_into_place(self.tmp.url, versions.child(self.version).url)
+        versions.publish(self.version)
         self.committed = True
         self._prune()
         return self.version
@@ -189,16 +184,7 @@ class FactorWriter:
         removed while ``keep`` >= 2; an incomplete version is removed once it is older than
         every kept one (a publish that old is dead), never while it may still be writing.
         """
-        versions = list_versions(self.location)
-        complete = [v for v in versions if v == self.version or self._is_complete(v)]
-        kept = complete[-self.keep:] if self.keep > 0 else [self.version]
-        for old in versions:
-            if old < kept[0]:
-                self.location.join(_VERSIONS, old).remove()
-
-    def _is_complete(self, version: str) -> bool:
-        # not a group at all: a remnant, not complete
-        return (group_attrs(self.location.join(_VERSIONS, version)) or {}).get("complete") is True
+        _versions(self.location).prune(current=self.version, keep=self.keep)
 
     def __enter__(self):
         return self
@@ -258,7 +244,7 @@ class Factors:
 
 def list_versions(path, *, storage_options=None) -> list[str]:
     """Names of the versions in the store (complete or not, oldest first); temporary ones left out."""
-    return [n for n in location(path, storage_options).join(_VERSIONS).children() if n.startswith("v")]
+    return _versions(location(path, storage_options)).names()
 
 
 def open_factors(path, version: str | None = None, *, storage_options=None) -> Factors:
@@ -292,25 +278,10 @@ def open_factors(path, version: str | None = None, *, storage_options=None) -> F
             )
     elif not _is_version_name(str(version)):
         raise StoreFormatError(f"{version!r} is not a factor version name (see `edlae-dask info {root}`)")
-    vloc = loc.join(_VERSIONS, version)
+    vloc = _versions(loc).child(version)
     vpath = vloc.url
-    try:
-        group = vloc.open_group("r")
-    except Exception as exc:  # zarr raises several types for "not a group here"
-        raise StoreFormatError(f"factor version {version!r} at {vpath} cannot be opened as a zarr v3 group: {exc}") from exc
-    attrs = dict(group.attrs)
-    if attrs.get("format") != FORMAT_NAME:
-        raise StoreFormatError(
-            f"{vpath} is not an edlae-dask factor store (format {attrs.get('format')!r}, expected {FORMAT_NAME!r})"
-        )
-    if attrs.get("format_version") != FORMAT_VERSION:
-        raise StoreFormatError(
-            f"{vpath} has factor-store format version {attrs.get('format_version')!r}; this edlae-dask "
-            f"({__version__}) reads version {FORMAT_VERSION}. Retrain with this version, or use the edlae-dask "
-            "that wrote it."
-        )
-    if attrs.get("complete") is not True:
-        raise StoreFormatError(f"factor version {vpath} is incomplete (its publish did not finish): retrain")
+    group = open_group(vloc, FORMAT)
+    attrs = check_format(dict(group.attrs), vpath, FORMAT, complete=True)
     arrays = {}
     for name in ("U", "V", "item_ids", "eigenvalues"):
         arrays[name] = get_node(group, name, f"{vpath}/{name}")

@@ -54,19 +54,27 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 
-from edlae_dask.io import _fs
-from edlae_dask.io._atomic import replace_dir
-from edlae_dask.io._fs import Location, group_attrs, location, read_pointer
-from edlae_dask.io._plain import check_plain_array
-from edlae_dask._version import __version__
 from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError, StoreFormatError
+from edlae_dask.io import _fs
+from edlae_dask.io._fs import Location, group_attrs, location
+from edlae_dask.io._plain import check_plain_array
+from edlae_dask.io.versioned import (
+    StoreFormat,
+    Versions,
+    check_format,
+    is_complete,
+    mark_complete,
+    move_into_place,
+    open_group,
+)
 
 __all__ = [
+    "FORMAT",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "InteractionStore",
-    "normalize_ids",
     "check_output_path",
+    "normalize_ids",
     "open_interactions",
     "read_shard",
     "write_interactions",
@@ -75,6 +83,12 @@ __all__ = [
 
 FORMAT_NAME = "edlae-dask/interactions"
 FORMAT_VERSION = 1
+FORMAT = StoreFormat(
+    FORMAT_NAME, FORMAT_VERSION, "interaction store",
+    foreign_fix="Pass the directory written by `edlae-dask ingest`, or re-ingest the data",
+    version_fix="Re-ingest the raw data with this version (`edlae-dask ingest ... --overwrite`)",
+    incomplete_fix="Re-run the ingest with --overwrite",
+)
 
 _REQUIRED_INT_ATTRS = ("n_users", "n_items", "nnz", "n_shards", "shard_size")
 _SHARD_DTYPES = {"indptr": np.dtype("<i8"), "indices": np.dtype("<i4"), "values": np.dtype("<f4")}
@@ -375,8 +389,8 @@ def _open_store(loc: Location) -> tuple[zarr.Group, Location]:
         raise missing
     try:
         # under a URL: an attempt's own URL, or a store written in place before attempts existed
-        return loc.open_group("r"), loc
-    except Exception as exc:  # zarr raises several types (GroupNotFoundError, ContainsArrayError, JSON errors)
+        return open_group(loc, FORMAT), loc
+    except StoreFormatError as exc:
         failure = exc
     attempt = None if loc.is_local else _current_attempt(loc)
     if attempt is not None:
@@ -397,38 +411,22 @@ def _open_store(loc: Location) -> tuple[zarr.Group, Location]:
                 f"interrupted (its partial work is under {path}/{_ATTEMPTS}/). Wait for it, or run the ingest "
                 "again (no --overwrite needed)"
             ) from failure
-    raise StoreFormatError(
-        f"{path} is not a zarr v3 group, so not an interaction store ({type(failure).__name__}: {failure}). "
-        "Pass the directory written by `edlae-dask ingest`, or re-ingest the data"
-    ) from failure
+    raise failure
+
+
+def _attempts(root: Location) -> Versions:
+    """Under a URL: ``CURRENT`` and ``attempts/``."""
+    return Versions(root, _CURRENT, _ATTEMPTS, valid=lambda text: bool(_ATTEMPT_NAME.match(text)),
+                    what="an ingest attempt")
 
 
 def _current_attempt(root: Location) -> Location | None:
     """The attempt ``CURRENT`` names under a URL root (None if there is no ``CURRENT``)."""
-    name = read_pointer(root, _CURRENT, valid=lambda text: bool(_ATTEMPT_NAME.match(text)), what="an ingest attempt")
-    return None if name is None else root.join(_ATTEMPTS, name)
+    return _attempts(root).published()
 
 
 def _check_attrs(attrs: dict, path: str) -> dict:
-    # check the format name and version first: other checks mean nothing for another format
-    found = attrs.get("format")
-    if found != FORMAT_NAME:
-        raise StoreFormatError(
-            f"{path} is not an edlae-dask interaction store: its 'format' attribute is {found!r}, "
-            f"expected {FORMAT_NAME!r}. Pass the directory written by `edlae-dask ingest`"
-        )
-    version = attrs.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StoreFormatError(
-            f"{path} is an interaction store of format_version {version!r}, but this edlae-dask "
-            f"({__version__}) reads format_version {FORMAT_VERSION}. Re-ingest the raw data with this version "
-            "(`edlae-dask ingest ... --overwrite`)"
-        )
-    if attrs.get("complete") is not True:
-        raise StoreFormatError(
-            f"{path} is an incomplete interaction store (no 'complete' marker): its writer was interrupted. "
-            "Re-run the ingest with --overwrite"
-        )
+    check_format(attrs, path, FORMAT, complete=True)
     for key in _REQUIRED_INT_ATTRS:
         value = attrs.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -530,7 +528,7 @@ def _replaceable_dir(path: str) -> bool:
     """A local directory that is empty or holds an interaction store."""
     if not os.path.isdir(path) or os.path.islink(path):
         return False
-    return not os.listdir(path) or (group_attrs(path) or {}).get("format") == FORMAT_NAME
+    return not os.listdir(path) or FORMAT.is_ours(group_attrs(path))
 
 
 def _url_state(loc: Location) -> str:
@@ -541,8 +539,8 @@ def _url_state(loc: Location) -> str:
     if _CURRENT in names:
         return "published"  # a malformed CURRENT included: publishing rewrites it
     attrs = group_attrs(loc) if "zarr.json" in names else None
-    if attrs is not None and attrs.get("format") == FORMAT_NAME:  # written in place, before attempts
-        return "published" if attrs.get("complete") is True else "unpublished"
+    if FORMAT.is_ours(attrs):  # written in place, before attempts
+        return "published" if is_complete(attrs) else "unpublished"
     return "unpublished" if names == {_ATTEMPTS} else "foreign"
 
 
@@ -683,7 +681,8 @@ def write_interactions_from_shards(
     tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
         _write_store(Location(tmp), iter(shards), int(n_items), user_ids, item_ids, shard_size, source or {})
-        _move_into_place(tmp, target, overwrite)
+        # re-check just before replacing: something may have appeared meanwhile
+        move_into_place(tmp, target, check_replaceable=lambda t: check_output_path(t, overwrite=overwrite))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -696,22 +695,16 @@ def _new_attempt_name() -> str:
 
 def _publish_attempt(root: Location, attempt: Location) -> None:
     """Make the complete ``attempt`` the store at the URL ``root`` (one PUT), then delete what it replaced."""
-    try:
-        previous = _current_attempt(root)
-    except StoreFormatError:  # a malformed CURRENT: rewritten now
-        previous = None
-    in_place = (group_attrs(root) or {}).get("format") == FORMAT_NAME  # a store of the layout before attempts
-    root.join(_CURRENT).write_bytes((attempt.name + "\n").encode())  # one PUT: the switch
+    attempts = _attempts(root)
+    in_place = FORMAT.is_ours(group_attrs(root))  # a store of the layout before attempts
+    previous = attempts.publish(attempt.name)
     if in_place:
         root.join("zarr.json").remove()  # first: from now on readers follow CURRENT
         for name in set(root.children()) - {_CURRENT, _ATTEMPTS}:
             root.join(name).remove()
-    keep = {attempt.name, previous.name if previous is not None else None}
-    for name in root.join(_ATTEMPTS).children():
-        old = root.join(_ATTEMPTS, name)
-        # an attempt written to within the grace period may be another ingest's, still running
-        if name not in keep and old.idle_for(_fs.PRUNE_GRACE_S):
-            old.remove()
+    # any age: attempts are not ordered against each other. One written to within the grace
+    # period may be another ingest's, still running
+    attempts.prune(current=attempt.name, previous=previous, age=None, idle_s=_fs.PRUNE_GRACE_S)
 
 
 def _check_shard_size(shard_size) -> int:
@@ -750,7 +743,7 @@ class _Fingerprint:
 def _write_store(tmp: Location, shards: Iterator, n_items, user_ids, item_ids, shard_size, source) -> None:
     root = tmp.open_group("w-")
     # the format first, so that an interrupted store is recognised as ours (and replaced by the rerun)
-    root.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
+    root.attrs.update({"format": FORMAT.name, "format_version": FORMAT.version})
     n_users = user_ids.shape[0]
     fingerprint = _Fingerprint()
     shard_fingerprints = []
@@ -783,23 +776,16 @@ def _write_store(tmp: Location, shards: Iterator, n_items, user_ids, item_ids, s
     _write_1d(root, "user_ids", user_ids, chunk=min(shard_size, _ID_CHUNK))
     _write_1d(root, "item_ids", item_ids, chunk=_ID_CHUNK)
     _write_1d(root, "item_counts", item_counts, chunk=_ID_CHUNK)
-    root.attrs.update(
-        {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "n_users": int(n_users),
-            "n_items": int(n_items),
-            "nnz": int(nnz),
-            "n_shards": len(offsets) - 1,
-            "shard_size": int(shard_size),
-            "fingerprint": fingerprint.hexdigest(n_users, n_items, user_ids, item_ids),
-            "shard_fingerprints": shard_fingerprints,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-            "code_version": __version__,
-            "source": dict(source),
-        }
-    )
-    root.attrs["complete"] = True  # last: a store without it is never read
+    mark_complete(root, FORMAT.stamp(
+        n_users=int(n_users),
+        n_items=int(n_items),
+        nnz=int(nnz),
+        n_shards=len(offsets) - 1,
+        shard_size=int(shard_size),
+        fingerprint=fingerprint.hexdigest(n_users, n_items, user_ids, item_ids),
+        shard_fingerprints=shard_fingerprints,
+        source=dict(source),
+    ))  # the marker last: a store without it is never read
 
 
 def _check_shard(shard, s: int, first_user: int, n_users: int, n_items: int, shard_size: int) -> sp.csr_matrix:
@@ -838,8 +824,3 @@ def _write_1d(root, name: str, data: np.ndarray, *, chunk: int | None) -> None:
         arr = root.create_array(name, shape=(n,), dtype=data.dtype, chunks=chunks)
     if n:
         arr[:] = data
-
-
-def _move_into_place(tmp: str, target: str, overwrite: bool) -> None:
-    # re-check just before replacing: something may have appeared meanwhile
-    replace_dir(tmp, target, check_replaceable=lambda t: check_output_path(t, overwrite=overwrite))

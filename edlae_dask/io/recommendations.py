@@ -90,10 +90,9 @@ the later publish wins, as with the lock.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
-import logging
 import json
+import logging
 import math
 import os
 import re
@@ -107,24 +106,32 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from edlae_dask._version import __version__
 from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io import _fs
-from edlae_dask.io._atomic import replace_dir
-from edlae_dask.io._fs import Location, group_attrs, location, read_pointer
+from edlae_dask.io._fs import Location, group_attrs, location
 from edlae_dask.io._plain import check_plain_array, get_node
+from edlae_dask.io.versioned import (
+    StoreFormat,
+    Versions,
+    by_created,
+    check_format,
+    move_into_place,
+    open_group,
+    write_object,
+)
 
 __all__ = [
+    "FORMAT",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "Recommendations",
+    "carry_over",
     "chunk_rows_for",
     "create_store",
     "done_shards",
     "open_recommendations",
-    "prepare_output",
-    "carry_over",
     "output_lock",
+    "prepare_output",
     "publish",
     "scoring_token",
     "shard_tokens",
@@ -134,6 +141,13 @@ __all__ = [
 
 FORMAT_NAME = "edlae-dask/recommendations"
 FORMAT_VERSION = 1
+FORMAT = StoreFormat(
+    FORMAT_NAME, FORMAT_VERSION, "recommendations store",
+    foreign_fix="Pass the --out directory of `edlae-dask score`",
+    version_fix="Score again with this version into another --out (or remove it yourself), or read it with the "
+                "edlae-dask that wrote it",
+    access="reads and writes",  # a rerun writes into the store it finds
+)
 _DONE = "done"
 _STAGING = ".scoring-"
 # under a URL
@@ -211,7 +225,7 @@ def output_lock(target):
     path = os.path.join(parent, f".{name}.lock")
     waited = False
     while True:
-        fh = open(path, "a+")
+        fh = open(path, "a+")  # noqa: SIM115 - held (and locked) across the yield below, closed by hand
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -250,28 +264,20 @@ def staging_path(target: str, token: str) -> str:
     return os.path.join(parent, f".{name}{_STAGING}{token[:16]}")
 
 
+def _versions(root: Location) -> Versions:
+    """Under a URL: ``LATEST`` and ``versions/``."""
+    return Versions(root, _LATEST, _VERSIONS, valid=lambda text: bool(_VERSION_NAME.match(text)),
+                    what="a recommendations version")
+
+
 def _latest_version(root: Location) -> Location | None:
     """The version ``LATEST`` names under a URL root (None if there is none)."""
-    name = read_pointer(root, _LATEST, valid=lambda text: bool(_VERSION_NAME.match(text)),
-                        what="a recommendations version")
-    return None if name is None else root.join(_VERSIONS, name)
+    return _versions(root).published()
 
 
-def _check_ours(path: str, attrs: dict | None, *, what: str) -> dict:
+def _check_ours(path: str, attrs: dict | None) -> dict:
     """Format name first, then version (other checks mean nothing for another format)."""
-    found = None if attrs is None else attrs.get("format")
-    if found != FORMAT_NAME:
-        raise StoreFormatError(
-            f"{path} is not an edlae-dask recommendations store ({what}: 'format' attribute {found!r}, expected "
-            f"{FORMAT_NAME!r}). Pass the --out directory of `edlae-dask score`"
-        )
-    version = attrs.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StoreFormatError(
-            f"{path} is a recommendations store of format_version {version!r}, but this edlae-dask ({__version__}) "
-            f"reads and writes format_version {FORMAT_VERSION}. Score again with this version into another --out "
-            "(or remove it yourself), or read it with the edlae-dask that wrote it"
-        )
+    check_format(attrs, path, FORMAT)
     for key in _REQUIRED_ATTRS:
         if key not in attrs:
             raise StoreFormatError(f"{path}: attribute {key!r} is missing; the store is damaged, score again")
@@ -321,7 +327,7 @@ def prepare_output(out, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarra
     _remove_stale_staging(target, keep=work)
     if os.path.lexists(work):
         attrs = group_attrs(work)
-        if attrs is not None and attrs.get("format") == FORMAT_NAME and attrs.get("scoring_token") == token:
+        if FORMAT.is_ours(attrs) and attrs.get("scoring_token") == token:
             return Location(work), False
         shutil.rmtree(work, ignore_errors=True)  # a half-created staging store: start it again
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -337,7 +343,7 @@ def _prepare_version(root: Location, *, meta: dict, user_ids, item_ids) -> tuple
         return latest, True
     work = root.join(_VERSIONS, token[:16])
     attrs = group_attrs(work)
-    if attrs is not None and attrs.get("format") == FORMAT_NAME and attrs.get("scoring_token") == token:
+    if FORMAT.is_ours(attrs) and attrs.get("scoring_token") == token:
         return work, False  # resume it (or join a run working on it now)
     create_store(work, meta=meta, user_ids=user_ids, item_ids=item_ids)
     return work, False
@@ -347,7 +353,7 @@ def _classify_url_output(root: Location) -> Location | None:
     """The published version under a URL root, None if nothing is published; raise if ``root`` is not ours."""
     latest = _latest_version(root)
     if latest is not None:
-        _check_ours(latest.url, group_attrs(latest), what="published version")
+        _check_ours(latest.url, group_attrs(latest))
         return latest
     if set(root.children()) - {_VERSIONS, _LATEST}:  # LATEST: another run may have just published
         raise OutputExistsError(
@@ -365,8 +371,8 @@ def _classify_output(target: str) -> dict | None:
         if not os.listdir(target):
             return None
         attrs = group_attrs(target)
-        if attrs is not None and attrs.get("format") == FORMAT_NAME:
-            return _check_ours(target, attrs, what="output path")
+        if FORMAT.is_ours(attrs):
+            return _check_ours(target, attrs)
     raise OutputExistsError(
         f"refusing to write recommendations to {target}: it exists and is not an edlae-dask recommendations store "
         "or an empty directory, and scoring only ever replaces those. Choose another --out, or remove it yourself"
@@ -382,7 +388,7 @@ def _remove_stale_staging(target: str, *, keep: str) -> None:
         path = os.path.join(parent, entry)
         if entry.startswith(prefix) and path != keep:
             attrs = group_attrs(path)
-            if attrs is None or attrs.get("format") == FORMAT_NAME:  # never touch what is not ours
+            if attrs is None or FORMAT.is_ours(attrs):  # never touch what is not ours
                 shutil.rmtree(path, ignore_errors=True)
 
 
@@ -396,9 +402,7 @@ def create_store(path, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarray
     """
     loc = location(path)
     n_users, top_n, chunk_rows = int(meta["n_users"]), int(meta["top_n"]), int(meta["chunk_rows"])
-    attrs = dict(meta)
-    attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION,
-                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(), code_version=__version__)
+    attrs = FORMAT.stamp(meta)
     if not loc.is_local:
         _write_ids(loc, "user_ids", user_ids, min(chunk_rows, _ID_CHUNK))
         _write_ids(loc, "item_ids", item_ids, _ID_CHUNK)
@@ -471,18 +475,7 @@ def write_shard(path, shard: int, start: int, items: np.ndarray, scores: np.ndar
     root[f"{prefix}items"][start:stop] = items.astype("<i4", copy=False)
     root[f"{prefix}scores"][start:stop] = scores.astype("<f4", copy=False)
     doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(marker, shard=int(shard), rows=[start, stop])}
-    if not loc.is_local:
-        loc.join(_DONE, f"{shard:05d}", "zarr.json").write_bytes(json.dumps(doc).encode())
-        return
-    path = loc.url
-    folder = os.path.join(path, _DONE, f"{shard:05d}")
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".zarr.json.tmp-{uuid.uuid4().hex}")
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, os.path.join(folder, "zarr.json"))
+    write_object(loc.join(_DONE, f"{shard:05d}", "zarr.json"), json.dumps(doc).encode())
 
 
 def carry_over(previous, work, *, shards, marker: dict) -> list[int]:
@@ -501,7 +494,7 @@ def carry_over(previous, work, *, shards, marker: dict) -> list[int]:
     elif not os.path.isdir(prev.url):
         prev = None
     attrs = group_attrs(prev) if prev is not None else None
-    if attrs is None or attrs.get("format") != FORMAT_NAME or attrs.get("format_version") != FORMAT_VERSION:
+    if not FORMAT.is_readable(attrs):
         return []
     meta = dict(location(work).open_group("r").attrs)
     old_tokens, new_tokens = attrs.get("shard_tokens"), meta.get("shard_tokens")
@@ -615,32 +608,17 @@ def publish(work, out) -> None:
     work, root = location(work), location(out)
     if work.is_local:
         # re-check just before replacing: something else may have appeared meanwhile
-        replace_dir(work.url, root.url, check_replaceable=_classify_output)
+        move_into_place(work.url, root.url, check_replaceable=_classify_output)
         return
-    previous = _classify_url_output(root)
-    root.join(_LATEST).write_bytes((work.name + "\n").encode())  # one PUT: the switch
-    _prune_versions(root, keep={work.name, previous.name if previous is not None else None},
-                    before=(group_attrs(work) or {}).get("created", ""),
-                    grace_s=_fs.PRUNE_GRACE_S)
-
-
-def _prune_versions(root: Location, *, keep: set, before: str, grace_s: float) -> None:
-    """Delete the versions under ``root`` not in ``keep`` made before ``before`` (ISO time) and idle for ``grace_s``."""
-    for name in root.join(_VERSIONS).children():
-        if name in keep:
-            continue
-        version = root.join(_VERSIONS, name)
-        attrs = group_attrs(version)
-        created = (attrs or {}).get("created")
-        # a version a concurrent run created after ours is left alone (and one without
-        # attributes, which may be being created right now)
-        if attrs is None or attrs.get("format") != FORMAT_NAME or not isinstance(created, str) or created >= before:
-            continue
-        # one made earlier may still be written: by a run for other inputs that started before ours, or a
-        # resumed old run. Deleting under it would leave markers without their rows, so recent writes (or
-        # a backend that reports no times) keep it until a later publish
-        if version.idle_for(grace_s):
-            version.remove()
+    _classify_url_output(root)  # re-check just before the switch: never publish into what is not ours
+    versions = _versions(root)
+    previous = versions.publish(work.name)
+    # versions are named by token, so aged by their "created" attribute: one a concurrent run created after
+    # ours (or one without attributes, which may be being created right now) is left alone. One made earlier
+    # may still be written, by a run for other inputs that started before ours or a resumed old run: deleting
+    # under it would leave markers without their rows, so recent writes (or a backend that reports no times)
+    # keep it until a later publish
+    versions.prune(current=work.name, previous=previous, age=by_created(FORMAT), idle_s=_fs.PRUNE_GRACE_S)
 
 
 
@@ -749,14 +727,8 @@ def open_recommendations(path, *, allow_incomplete: bool = False, storage_option
                 f"no recommendations are published at {path} yet: a scoring run has not finished (its partial work "
                 f"is under {path}/{_VERSIONS}/). Run the same `edlae-dask score` again to finish it"
             )
-    try:
-        root = loc.open_group("r")
-    except Exception as exc:  # zarr raises several types
-        raise StoreFormatError(
-            f"{path} is not a zarr v3 group, so not a recommendations store ({type(exc).__name__}: {exc}). "
-            "Pass the --out directory of `edlae-dask score`"
-        ) from exc
-    meta = _check_ours(loc.url, dict(root.attrs), what="opened")
+    root = open_group(loc, FORMAT)
+    meta = _check_ours(loc.url, dict(root.attrs))
     n_users, n_items, top_n = int(meta["n_users"]), int(meta["n_items"]), int(meta["top_n"])
     shapes = {"user_ids": (n_users,), "item_ids": (n_items,)}
     if loc.is_local:
