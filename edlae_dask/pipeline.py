@@ -79,7 +79,7 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
         Dense path: write the Gram and the inverse there as they are computed, and
         reuse those whose fingerprint (interaction store, dtype, block size; λ, p
         for the inverse) matches, so a killed job resumes after its last finished
-        stage (:mod:`edlae_dask.checkpoint`). Must be visible to every worker; costs
+        stage (:mod:`edlae_dask.io.checkpoints`). Must be visible to every worker; costs
         about 2·n²·itemsize bytes of disk. ``None``: no checkpoints. May be a URL.
     storage_options : dict, optional
         fsspec options for the stores given as URLs (default: fsspec's defaults and

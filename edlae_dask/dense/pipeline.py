@@ -36,7 +36,7 @@ def run_dense(store, params, ctx):
     ctx : edlae_dask.runtime.StageContext
         ``block_size`` and ``checkpoint_dir`` are read here.
     """
-    from edlae_dask.checkpoint import StageCheckpoints
+    from edlae_dask.io.checkpoints import StageCheckpoints
 
     n = store.n_items
     dtype = np.dtype(params.dtype)

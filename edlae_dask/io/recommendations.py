@@ -532,7 +532,8 @@ def _rows_arrays(root, path: str, prefix: str, shape: tuple[int, int]) -> dict:
             raise StoreFormatError(f"{where} is a group, expected an array; the store is damaged, score again")
         check_plain_array(arr, where, kinds, "recommendations store")
         if arr.shape != shape:
-            raise StoreFormatError(f"{where} has shape {arr.shape}, expected {shape}; the store is damaged, score again")
+            raise StoreFormatError(
+                f"{where} has shape {arr.shape}, expected {shape}; the store is damaged, score again")
         out[name] = arr
     return out
 

@@ -49,7 +49,7 @@ from edlae_dask.io._fs import Location, group_attrs, location
 from edlae_dask.io._plain import check_plain_array, get_node
 from edlae_dask.io.versioned import StoreFormat, check_format, mark_complete, move_into_place, open_group
 
-log = logging.getLogger("edlae_dask.checkpoint")
+log = logging.getLogger("edlae_dask.io.checkpoints")
 
 FORMAT_NAME = "edlae-dask/checkpoint"
 FORMAT_VERSION = 1
