@@ -1,8 +1,10 @@
 """The ``edlae-dask`` command line: ingest, train, score, evaluate, run (a job spec), demo, info.
 
 The commands parse options, set up logging and the cluster, and call the library;
-they hold no math and no zarr. User errors (:class:`EdlaeError`) print one line to
-stderr and exit with status 1, without a traceback.
+they hold no math and no zarr. Their options are made from the declarations of
+:mod:`edlae_dask.config` (:func:`options_from`), so each default, choice list and
+help text is written once, there. User errors (:class:`EdlaeError`) print one line
+to stderr and exit with status 1, without a traceback.
 """
 
 from __future__ import annotations
@@ -15,18 +17,27 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from edlae_dask._version import __version__
-from edlae_dask.jobspec import JsonMapping, SpecCommand
+from edlae_dask.config import (
+    INPUT,
+    PATH,
+    DemoOptions,
+    EvaluateOptions,
+    InfoOptions,
+    IngestOptions,
+    Option,
+    ScoreOptions,
+    TrainOptions,
+    TrainParams,
+    build,
+    options_of,
+)
+from edlae_dask.errors import EdlaeError
+from edlae_dask.jobspec import check_inputs, describe, job_of, load_job_spec, missing_key
 
-_CLUSTER_HELP = ("'local' (embedded LocalCluster), 'threads', a scheduler address tcp://… / tls://…, "
-                 "or a cluster spec file (cluster/README.md)")
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-_storage_options = click.option(
-    "--storage-options", type=JsonMapping(), default=None,
-    help="fsspec options (a JSON object) for the stores given as URLs (s3://bucket/prefix, gcs://…), e.g. "
-         "'{\"endpoint_url\": \"http://minio:9000\"}'. Default: fsspec's defaults and environment (AWS_* variables, "
-         "…). The workers get them with their tasks.")
 log = logging.getLogger("edlae_dask.cli")
 
 
@@ -47,8 +58,6 @@ def _user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from edlae_dask.errors import EdlaeError
-
         try:
             return fn(*args, **kwargs)
         except EdlaeError as exc:
@@ -58,183 +67,23 @@ def _user_errors(fn):
     return wrapper
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
-@click.version_option(__version__, prog_name="edlae-dask")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv: also Dask's).")
-@click.pass_context
-def cli(ctx, verbose):
-    """Train and serve the low-rank EDLAE recommender (Steck & Garcia Garcia 2021) on Dask."""
-    _setup_logging(verbose)
+# --------------------------------------------------------------------------- options from the declarations
 
 
-# --------------------------------------------------------------------------- ingest
+class JsonMapping(click.ParamType):
+    """A mapping: a JSON object on the command line (``'{"anon": true}'``), a YAML mapping in a job spec."""
 
+    name = "JSON"
 
-@cli.command(cls=SpecCommand)
-@click.argument("source", nargs=-1, required=True)
-@click.option("--out", required=True, type=click.Path(), help="Interaction store to write (a directory).")
-@click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "csv", "parquet", "movielens-csv", "movielens-dat", "netflix", "msd"]))
-@click.option("--user-col", default="user", show_default=True, help="Column holding user ids (csv/parquet).")
-@click.option("--item-col", default="item", show_default=True, help="Column holding item ids (csv/parquet).")
-@click.option("--value-col", default=None, help="Column holding ratings/counts (default: 'rating' or 'value' if present).")
-@click.option("--min-value", type=float, default=None, help="Keep rows with value >= this (e.g. 3.5 for MovieLens).")
-@click.option("--min-user-interactions", type=int, default=1, show_default=True)
-@click.option("--min-item-interactions", type=int, default=1, show_default=True)
-@click.option("--shard-size", type=int, default=100_000, show_default=True, help="Users per shard.")
-@click.option("--chunk-rows", type=int, default=1_000_000, show_default=True, help="Rows read at a time.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing interaction store at --out.")
-@_storage_options
-@_user_errors
-def ingest(source, out, fmt, user_col, item_col, value_col, min_value, min_user_interactions,
-           min_item_interactions, shard_size, chunk_rows, overwrite, storage_options):
-    """Read raw interactions (CSV, Parquet, MovieLens, Netflix, MSD) into an interaction store."""
-    from edlae_dask.ingest import ingest as run_ingest
+    def convert(self, value, param, ctx):
+        from edlae_dask.io._fs import parse_storage_options
 
-    report = run_ingest(
-        list(source) if len(source) > 1 else source[0], out, fmt=fmt, user_col=user_col, item_col=item_col,
-        value_col=value_col, min_value=min_value, min_user_interactions=min_user_interactions,
-        min_item_interactions=min_item_interactions, shard_size=shard_size, chunk_rows=chunk_rows,
-        overwrite=overwrite, storage_options=storage_options,
-    )
-    click.echo(report.summary())
-
-
-# --------------------------------------------------------------------------- train
-
-
-def _train_options(fn):
-    opts = [
-        click.option("--k", "k", type=int, default=100, show_default=True, help="Rank of U, V."),
-        click.option("--lam", type=float, default=20.0, show_default=True, help="λ: L2 penalty on every item (eq. 8)."),
-        click.option("--p", "p", type=float, default=0.25, show_default=True, help="Dropout probability, 0 <= p < 1 (eq. 8)."),
-        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the eigensolver."),
-        click.option("--block-size", type=int, default=None, help="Side of the n x n blocks (default 2048/4096)."),
-        click.option("--oversamples", "n_oversamples", type=int, default=None, help="Eigensolver oversampling (default: measured rule)."),
-        click.option("--power-iters", "n_power_iter", type=int, default=None, help="Eigensolver power iterations."),
-        click.option("--path", "train_path", type=click.Choice(["auto", "dense", "scalable"]), default="auto",
-                     show_default=True, help="dense: exact Algorithm 1 (n x n matrices); scalable: K neighbours per "
-                     "item, no n x n matrix; auto: dense if it fits the cluster's memory."),
-        click.option("--neighbors", type=int, default=64, show_default=True,
-                     help="Scalable path: neighbours per item (K)."),
-        click.option("--neighbor-score", type=click.Choice(["count", "cosine"]), default="count", show_default=True,
-                     help="Scalable path: how neighbours are ranked."),
-        click.option("--cluster", default="local", show_default=True,
-                     help=_CLUSTER_HELP),
-        click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core)."),
-        click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal)."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-@cli.command(cls=SpecCommand)
-@click.option("--interactions", required=True, type=click.Path(), help="Interaction store (from `edlae-dask ingest`).")
-@click.option("--out", required=True, type=click.Path(), help="Factor store to publish into.")
-@click.option("--overwrite", is_flag=True, help="Publish a new version into an existing factor store.")
-@click.option("--checkpoint-dir", type=click.Path(), default=None,
-              help="Dense path: keep the Gram and the inverse here (about 2·n²·itemsize bytes; a directory all "
-                   "workers see) and reuse them when a rerun has the same inputs, so a killed job resumes. "
-                   "Default: no checkpoints.")
-@_train_options
-@_storage_options
-@_user_errors
-def train(interactions, out, overwrite, k, lam, p, dtype, seed, block_size, n_oversamples, n_power_iter,
-          train_path, neighbors, neighbor_score, cluster, n_workers, progress, checkpoint_dir, storage_options):
-    """Train U, V of Algorithm 1 on an interaction store and publish them to a factor store."""
-    from edlae_dask.cluster import connect
-    from edlae_dask.config import TrainParams
-    from edlae_dask.pipeline import train as run_train
-
-    params = TrainParams(k=k, lam=lam, p=p, dtype=dtype, seed=seed, block_size=block_size,
-                         n_oversamples=n_oversamples, n_power_iter=n_power_iter, path=train_path,
-                         neighbors=neighbors, neighbor_score=neighbor_score).validate()
-    progress = sys.stderr.isatty() if progress is None else progress
-    with connect(cluster, n_workers=n_workers) as client:
-        res = run_train(interactions, params=params, client=client, out=out, overwrite=overwrite, progress=progress,
-                        checkpoint_dir=checkpoint_dir, storage_options=storage_options)
-    _print_train_summary(res, out)
-
-
-def _print_train_summary(res, out) -> None:
-    from edlae_dask.diagnostics import GiB
-
-    click.echo(f"published {out} version {res.version}: {res.U.shape[0]} items, k={res.params.k}, "
-               f"{res.params.dtype}, in {res.seconds:.1f} s")
-    click.echo(f"{'stage':<12}{'seconds':>9}{'peak total GiB':>16}{'peak worker GiB':>17}")
-    for name, rec in res.stages.items():
-        click.echo(f"{name:<12}{rec['seconds']:>9.2f}{rec['peak_total_bytes'] / GiB:>16.2f}"
-                   f"{rec['peak_worker_bytes'] / GiB:>17.2f}")
-    r = res.ritz_residuals
-    click.echo(f"eigensolver: {res.eigensolver}; Ritz residuals max {r.max():.2e}, median {float(sorted(r)[len(r) // 2]):.2e}; "
-               f"eigenvalues {res.eigenvalues[0]:.4g} … {res.eigenvalues[-1]:.4g}")
-
-
-# --------------------------------------------------------------------------- demo
-
-
-@cli.command()
-@click.option("--workdir", default="edlae-demo", show_default=True, type=click.Path(),
-              help="Where the demo writes its CSV and stores (replaced on each run).")
-@click.option("--users", "n_users", type=int, default=50_000, show_default=True)
-@click.option("--items", "n_items", type=int, default=8_000, show_default=True)
-@_train_options
-@_user_errors
-def demo(workdir, n_users, n_items, k, lam, p, dtype, seed, block_size, n_oversamples, n_power_iter,
-         train_path, neighbors, neighbor_score, cluster, n_workers, progress):
-    """Make skewed synthetic interactions, ingest them, train on the embedded cluster, summarize."""
-    import shutil
-
-    import numpy as np
-    import pandas as pd
-
-    from edlae_dask.cluster import connect
-    from edlae_dask.ingest import ingest as run_ingest
-    from edlae_dask.config import TrainParams
-    from edlae_dask.pipeline import train as run_train
-    from edlae_dask.synthetic import make_interactions
-
-    work = Path(workdir)
-    for sub in ("interactions.csv.gz", "interactions.zarr", "factors"):
-        target = work / sub
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    X = make_interactions(n_users, n_items, seed=seed).tocoo()
-    csv = work / "interactions.csv.gz"
-    pd.DataFrame({"user": X.row + 1, "item": X.col + 1, "rating": 1}).to_csv(csv, index=False)
-    log.info("demo: wrote %d synthetic interactions (%d users, %d items) to %s in %.1f s",
-             X.nnz, n_users, n_items, csv, time.perf_counter() - t0)
-    report = run_ingest(str(csv), str(work / "interactions.zarr"))
-    click.echo(report.summary())
-    params = TrainParams(k=k, lam=lam, p=p, dtype=dtype, seed=seed, block_size=block_size,
-                         n_oversamples=n_oversamples, n_power_iter=n_power_iter, path=train_path,
-                         neighbors=neighbors, neighbor_score=neighbor_score).validate()
-    progress = sys.stderr.isatty() if progress is None else progress
-    with connect(cluster, n_workers=n_workers) as client:
-        res = run_train(str(work / "interactions.zarr"), params=params, client=client, out=str(work / "factors"),
-                        progress=progress)
-    _print_train_summary(res, work / "factors")
-    from edlae_dask.io.factors import open_factors
-    from edlae_dask.io.interactions import open_interactions
-
-    f = open_factors(work / "factors")
-    U, V = f.load()
-    store = open_interactions(work / "interactions.zarr")
-    x = store.read_shard(0)[:1]
-    scores = np.asarray(x @ U) @ V.T
-    scores[0, x.indices] = -np.inf
-    top = np.argsort(-scores[0])[:10]
-    click.echo(f"user {store.user_ids()[0]} has items {f.item_ids[x.indices][:10].tolist()}; "
-               f"top-10 recommendations: {f.item_ids[top].tolist()}")
-
-
-# --------------------------------------------------------------------------- evaluate
+        if value is None or isinstance(value, dict):
+            return value
+        try:
+            return parse_storage_options(value)
+        except EdlaeError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class _ManyValues(click.Option):
@@ -275,6 +124,230 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def options_from(cls: type):
+    """Give a command the options that ``cls`` declares (:func:`edlae_dask.config.options_of`), in that order.
+
+    Each command gets its own click parameters, so commands sharing declarations (train and demo) share no state.
+    """
+
+    def decorate(fn):
+        for add in reversed([_click_param(opt) for opt in options_of(cls)]):  # decorators apply bottom-up
+            fn = add(fn)
+        return fn
+
+    return decorate
+
+
+def _click_param(opt: Option):
+    """The click decorator adding a declared option; defaults are given only where the option has one."""
+    if opt.flag is None:
+        return click.argument(opt.name, nargs=-1 if opt.many else 1, required=opt.required, type=_click_type(opt))
+    if opt.switch:  # true, false or unset: the job decides (progress bars: is stderr a terminal?)
+        return click.option(f"{opt.flag}/--no-{opt.flag[2:]}", opt.name, default=None, help=opt.help)
+    if opt.type is bool:
+        return click.option(opt.flag, opt.name, is_flag=True, help=opt.help)
+    if opt.many:
+        return click.option(opt.flag, opt.name, cls=_ManyValues, type=_click_type(opt), required=opt.required,
+                            help=opt.help)
+    if opt.required:
+        return click.option(opt.flag, opt.name, type=_click_type(opt), required=True, help=opt.help)
+    shown = True if opt.default is not None else None  # click shows no default of None anyway
+    return click.option(opt.flag, opt.name, type=_click_type(opt), default=opt.default, show_default=shown,
+                        help=opt.help)
+
+
+def _click_type(opt: Option) -> click.ParamType:
+    if opt.choices:
+        return click.Choice(list(opt.choices))
+    if opt.kind in (PATH, INPUT):
+        return click.Path()
+    return {int: click.INT, float: click.FLOAT, str: click.STRING, dict: JsonMapping()}[opt.type]
+
+
+# --------------------------------------------------------------------------- job specs: --spec, --check
+
+
+class SpecCommand(click.Command):
+    """A job command that also takes ``--spec FILE`` (its keys become defaults that flags override) and ``--check``.
+
+    The command's name is its job's (:data:`edlae_dask.config.JOB_OPTIONS`); the spec is read and
+    checked by :mod:`edlae_dask.jobspec`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(
+            ["--spec", "spec_file"], type=click.Path(), default=None,
+            help="Job spec (YAML, see jobs/README.md); flags given here override its keys."))
+        self.params.append(click.Option(
+            ["--check"], is_flag=True,
+            help="Validate the spec and options (keys, types, inputs exist, cluster spec), print them, and stop."))
+
+    def parse_args(self, ctx, args):
+        try:
+            spec_file = _spec_arg(args)
+            if spec_file is not None:
+                spec = load_job_spec(spec_file, self.name)
+                ctx.default_map = {**(ctx.default_map or {}), **spec.values}
+            try:
+                rest = super().parse_args(ctx, args)
+            except click.MissingParameter as exc:
+                if spec_file is None or exc.param is None:
+                    raise
+                raise missing_key(spec_file, self.name, exc.param.name) from exc
+            if spec_file is not None or ctx.params.get("check"):
+                from_spec = {n: ctx.get_parameter_source(n) == ParameterSource.DEFAULT_MAP for n in ctx.params}
+                check_inputs(self.name, ctx.params, sources=from_spec, spec_file=spec_file)
+            return rest
+        except EdlaeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+    def invoke(self, ctx):
+        ctx.params.pop("spec_file", None)
+        if ctx.params.pop("check", False):
+            click.echo(describe(self.name, ctx.params))
+            return None
+        return super().invoke(ctx)
+
+
+def _spec_arg(args: list[str]) -> str | None:
+    """The value of the last ``--spec`` in ``args`` (read before parsing, to set the defaults)."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--spec" and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith("--spec="):
+            found = arg[len("--spec="):]
+    return found
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="edlae-dask")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: also Dask's).")
+@click.pass_context
+def cli(ctx, verbose):
+    """Train and serve the low-rank EDLAE recommender (Steck & Garcia Garcia 2021) on Dask."""
+    _setup_logging(verbose)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@cli.command(cls=SpecCommand)
+@options_from(IngestOptions)
+@_user_errors
+def ingest(source, out, fmt, user_col, item_col, value_col, min_value, min_user_interactions,
+           min_item_interactions, shard_size, chunk_rows, overwrite, storage_options):
+    """Read raw interactions (CSV, Parquet, MovieLens, Netflix, MSD) into an interaction store."""
+    from edlae_dask.ingest import ingest as run_ingest
+
+    report = run_ingest(
+        list(source) if len(source) > 1 else source[0], out, fmt=fmt, user_col=user_col, item_col=item_col,
+        value_col=value_col, min_value=min_value, min_user_interactions=min_user_interactions,
+        min_item_interactions=min_item_interactions, shard_size=shard_size, chunk_rows=chunk_rows,
+        overwrite=overwrite, storage_options=storage_options,
+    )
+    click.echo(report.summary())
+
+
+# --------------------------------------------------------------------------- train
+
+
+@cli.command(cls=SpecCommand)
+@options_from(TrainOptions)
+@_user_errors
+def train(interactions, out, overwrite, checkpoint_dir, cluster, n_workers, progress, storage_options, **model):
+    """Train U, V of Algorithm 1 on an interaction store and publish them to a factor store."""
+    from edlae_dask.cluster import connect
+    from edlae_dask.pipeline import train as run_train
+
+    params = build(TrainParams, model).validate()  # model: TrainParams's options, by name (train_path)
+    progress = sys.stderr.isatty() if progress is None else progress
+    with connect(cluster, n_workers=n_workers) as client:
+        res = run_train(interactions, params=params, client=client, out=out, overwrite=overwrite, progress=progress,
+                        checkpoint_dir=checkpoint_dir, storage_options=storage_options)
+    _print_train_summary(res, out)
+
+
+def _print_train_summary(res, out) -> None:
+    from edlae_dask.diagnostics import GiB
+
+    click.echo(f"published {out} version {res.version}: {res.U.shape[0]} items, k={res.params.k}, "
+               f"{res.params.dtype}, in {res.seconds:.1f} s")
+    click.echo(f"{'stage':<12}{'seconds':>9}{'peak total GiB':>16}{'peak worker GiB':>17}")
+    for name, rec in res.stages.items():
+        click.echo(f"{name:<12}{rec['seconds']:>9.2f}{rec['peak_total_bytes'] / GiB:>16.2f}"
+                   f"{rec['peak_worker_bytes'] / GiB:>17.2f}")
+    r = res.ritz_residuals
+    click.echo(f"eigensolver: {res.eigensolver}; Ritz residuals max {r.max():.2e}, "
+               f"median {float(sorted(r)[len(r) // 2]):.2e}; "
+               f"eigenvalues {res.eigenvalues[0]:.4g} … {res.eigenvalues[-1]:.4g}")
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@options_from(DemoOptions)
+@_user_errors
+def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
+    """Make skewed synthetic interactions, ingest them, train on the embedded cluster, summarize."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from edlae_dask.cluster import connect
+    from edlae_dask.ingest import ingest as run_ingest
+    from edlae_dask.pipeline import train as run_train
+    from edlae_dask.synthetic import make_interactions
+
+    params = build(TrainParams, model)  # model: TrainParams's options, by name (train_path)
+    work = Path(workdir)
+    for sub in ("interactions.csv.gz", "interactions.zarr", "factors"):
+        target = work / sub
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    X = make_interactions(n_users, n_items, seed=params.seed).tocoo()
+    csv = work / "interactions.csv.gz"
+    pd.DataFrame({"user": X.row + 1, "item": X.col + 1, "rating": 1}).to_csv(csv, index=False)
+    log.info("demo: wrote %d synthetic interactions (%d users, %d items) to %s in %.1f s",
+             X.nnz, n_users, n_items, csv, time.perf_counter() - t0)
+    report = run_ingest(str(csv), str(work / "interactions.zarr"))
+    click.echo(report.summary())
+    params.validate()
+    progress = sys.stderr.isatty() if progress is None else progress
+    with connect(cluster, n_workers=n_workers) as client:
+        res = run_train(str(work / "interactions.zarr"), params=params, client=client, out=str(work / "factors"),
+                        progress=progress)
+    _print_train_summary(res, work / "factors")
+    from edlae_dask.io.factors import open_factors
+    from edlae_dask.io.interactions import open_interactions
+
+    f = open_factors(work / "factors")
+    U, V = f.load()
+    store = open_interactions(work / "interactions.zarr")
+    x = store.read_shard(0)[:1]
+    scores = np.asarray(x @ U) @ V.T
+    scores[0, x.indices] = -np.inf
+    top = np.argsort(-scores[0])[:10]
+    click.echo(f"user {store.user_ids()[0]} has items {f.item_ids[x.indices][:10].tolist()}; "
+               f"top-10 recommendations: {f.item_ids[top].tolist()}")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
 def _many(values, cast, name):
     out = []
     for v in values:
@@ -308,34 +381,7 @@ def _count_or_fraction(text: str):
 
 
 @cli.command(cls=SpecCommand)
-@click.option("--interactions", required=True, type=click.Path(), help="Interaction store (from `edlae-dask ingest`).")
-@click.option("--k", "ks", cls=_ManyValues, help="Ranks of the low-rank models: --k 50 200 (or 50,200).")
-@click.option("--lam", "lams", cls=_ManyValues, help="λ grid: --lam 50 200 500.  [default: 20]")
-@click.option("--p", "ps", cls=_ManyValues, help="p grid (dropout probability, 0 <= p < 1): --p 0 0.25 0.5.  [default: 0.25]")
-@click.option("--models", default="edlae,lae,full-rank,ease", show_default=True,
-              help="Comma-separated: edlae (Algorithm 1), lae (unconstrained low-rank LAE), full-rank (EDLAE "
-                   "teacher), ease (full rank at p = 0), edlae-opt (numerical optimum of eq. 14; small n only).")
-@click.option("--n-valid", default="0.1", show_default=True, help="Validation users: a count, or a fraction (0.1).")
-@click.option("--n-test", default="0.1", show_default=True, help="Test users: a count, or a fraction (0.1).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the user split and the 80/20 split.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-@click.option("--block-size", type=int, default=None, help="Side of the n x n blocks (default 2048/4096).")
-@click.option("--max-concurrent", type=int, default=None,
-              help="Grid points in flight at once (default: cluster threads, capped by a memory estimate).")
-@click.option("--backend", type=click.Choice(["dask", "dense"]), default="dask", show_default=True,
-              help="dask: grid points as Dask graphs on the cluster; dense: one process, in-place n x n buffers "
-                   "reused across grid points (about half the memory per point; for large n on one machine).")
-@click.option("--memory-limit", type=str, default=None,
-              help="dense backend: bytes it may use, e.g. 12GiB (default: the machine's available memory).")
-@click.option("--power-iters", "n_power_iter", type=int, default=None, help="Eigensolver power iterations.")
-@click.option("--exact-maxiter", type=int, default=300, show_default=True, help="L-BFGS iterations of edlae-opt.")
-@click.option("--exact-points", type=click.Choice(["chosen", "grid"]), default="chosen", show_default=True,
-              help="edlae-opt at Algorithm 1's chosen (λ, p) per k, or at every grid point (tuned on validation).")
-@click.option("--cluster", default="local", show_default=True,
-              help=_CLUSTER_HELP)
-@click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core).")
-@click.option("--out", type=click.Path(), default=None, help="Write the full report (every grid point) as JSON here.")
-@_storage_options
+@options_from(EvaluateOptions)
 @_user_errors
 def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, block_size, max_concurrent,
              backend, memory_limit, n_power_iter, exact_maxiter, exact_points, cluster, n_workers, out,
@@ -345,8 +391,8 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
     from edlae_dask.evaluation import evaluate as run_evaluate
 
     ks = _many(ks, int, "--k")
-    lams = _many(lams, float, "--lam") or [20.0]
-    ps = _many(ps, float, "--p") or [0.25]
+    lams = _many(lams, float, "--lam") or [TrainParams.lam]  # the model's default
+    ps = _many(ps, float, "--p") or [TrainParams.p]
     n_valid = _many([n_valid], _count_or_fraction, "--n-valid")[0]
     n_test = _many([n_test], _count_or_fraction, "--n-test")[0]
     t0 = time.perf_counter()
@@ -371,18 +417,7 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
 
 
 @cli.command(cls=SpecCommand)
-@click.option("--factors", required=True, type=click.Path(), help="Factor store (from `edlae-dask train`); its latest version.")
-@click.option("--interactions", required=True, type=click.Path(), help="Interaction store of the users to score.")
-@click.option("--out", required=True, type=click.Path(), help="Recommendations store to write (a directory).")
-@click.option("--top-n", "top_n", type=int, default=100, show_default=True, help="Items kept per user, best first.")
-@click.option("--cluster", default="local", show_default=True,
-              help=_CLUSTER_HELP)
-@click.option("--workers", "n_workers", type=int, default=None, help="Workers of the local cluster (default: one per core).")
-@click.option("--item-block", type=int, default=None, help="Items per score block (default: 32 MiB blocks).")
-@click.option("--user-batch", type=int, default=None, help="Users per score block (default 1024).")
-@click.option("--include-seen", is_flag=True, help="Also recommend items the user already has.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@_storage_options
+@options_from(ScoreOptions)
 @_user_errors
 def score(factors, interactions, out, top_n, cluster, n_workers, item_block, user_batch, include_seen, progress,
           storage_options):
@@ -414,8 +449,6 @@ def run(ctx, spec_file, flags):
     edlae-dask run jobs/train.yaml --k 200 --cluster tls-cluster.yaml
     edlae-dask run jobs/score.yaml --check     # validate and print the options; no work
     """
-    from edlae_dask.jobspec import job_of
-
     job = job_of(spec_file)
     command = cli.commands[job]
     with command.make_context(job, ["--spec", spec_file, *flags], parent=ctx) as sub:
@@ -426,8 +459,7 @@ def run(ctx, spec_file, flags):
 
 
 @cli.command()
-@click.argument("path", type=click.Path())
-@_storage_options
+@options_from(InfoOptions)
 @_user_errors
 def info(path, storage_options):
     """Describe an interaction store or a factor store (a local path or a URL)."""
