@@ -333,6 +333,7 @@ def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
     _print_train_summary(res, work / "factors")
     from edlae_dask.io.factors import open_factors
     from edlae_dask.io.interactions import open_interactions
+    from edlae_dask.topn import top_n
 
     f = open_factors(work / "factors")
     U, V = f.load()
@@ -340,7 +341,7 @@ def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
     x = store.read_shard(0)[:1]
     scores = np.asarray(x @ U) @ V.T
     scores[0, x.indices] = -np.inf
-    top = np.argsort(-scores[0])[:10]
+    top = top_n(scores, min(10, scores.shape[1]))[0][0]  # the package's one top-N rule
     click.echo(f"user {store.user_ids()[0]} has items {f.item_ids[x.indices][:10].tolist()}; "
                f"top-10 recommendations: {f.item_ids[top].tolist()}")
 

@@ -30,10 +30,6 @@ import numpy as np
 from edlae_dask.errors import ParameterError
 from edlae_dask.planning import MAX_BLOCK_SIZE, default_block_size
 
-# option(), like() and group() return dataclasses.field()s, which ruff cannot tell: no default below is a call's
-# result shared by all instances
-# ruff: noqa: RUF009
-
 #: ``dense``: exact Algorithm 1 (n × n matrices); ``scalable``: neighbour-restricted teacher,
 #: matrix-free student (:mod:`edlae_dask.scalable`); ``auto``: dense if it fits the cluster's memory.
 TRAINING_PATHS = ("auto", "dense", "scalable")

@@ -20,7 +20,8 @@ def ratings_csv(tmp_path):
     """A MovieLens-like CSV with string user ids and ratings, plus its binarized matrix (rating >= 3.5)."""
     X = clustered_interactions(n_users=300, n_items=45, seed=11).tocoo()
     rng = np.random.default_rng(0)
-    liked = pd.DataFrame({"user": [f"u{r}" for r in X.row], "item": X.col + 100, "rating": rng.choice([4.0, 5.0], X.nnz)})
+    liked = pd.DataFrame({"user": [f"u{r}" for r in X.row], "item": X.col + 100,
+                          "rating": rng.choice([4.0, 5.0], X.nnz)})
     # disliked rows on pairs the binarized matrix does not hold: --min-value must drop them
     dense = X.toarray()
     zr, zc = np.nonzero(dense == 0)

@@ -77,7 +77,7 @@ def test_build_maps_command_names_to_fields():
 def test_a_declaration_of_an_unsupported_type_is_refused():
     @dataclasses.dataclass(frozen=True)
     class Bad:
-        items: list = option(None)  # noqa: RUF009 (option() makes a dataclasses.field)
+        items: list = option(None)
 
     with pytest.raises(TypeError, match="Bad.items"):
         options_of(Bad)

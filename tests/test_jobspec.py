@@ -118,7 +118,8 @@ def test_a_missing_input_is_an_error_before_any_work(tmp_path):
     spec = _write_spec(tmp_path / "train.yaml", {"job": "train", "interactions": "nowhere.zarr", "out": "f"})
     r = _invoke("run", spec)
     assert r.exit_code == 1
-    assert f"job spec {spec}" in r.stderr and "'interactions'" in r.stderr and "nowhere.zarr' does not exist" in r.stderr
+    assert (f"job spec {spec}" in r.stderr and "'interactions'" in r.stderr
+            and "nowhere.zarr' does not exist" in r.stderr)
     assert not (tmp_path / "f").exists()
 
 
