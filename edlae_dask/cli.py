@@ -31,6 +31,7 @@ from edlae_dask.config import (
     ScoreOptions,
     TrainOptions,
     TrainParams,
+    VerifyOptions,
     build,
     options_of,
 )
@@ -469,11 +470,30 @@ def info(path, storage_options):
 
     if is_factor_store(path, storage_options=storage_options):
         f = open_factors(path, storage_options=storage_options)
-        meta = {k: v for k, v in f.meta.items() if k != "stages"}
+        meta = {k: v for k, v in f.meta.items() if k not in ("stages", "checksums")}
         click.echo(json.dumps({"kind": "factors", "version": f.version, **meta}, indent=2, default=str))
     else:
         s = open_interactions(path, storage_options=storage_options)
-        click.echo(json.dumps({"kind": "interactions", **s.attrs}, indent=2, default=str))
+        attrs = {k: v for k, v in s.attrs.items() if k not in ("checksums", "shard_checksums")}
+        click.echo(json.dumps({"kind": "interactions", **attrs}, indent=2, default=str))
+
+
+@cli.command()
+@options_from(VerifyOptions)
+@_user_errors
+def verify(path, version, storage_options):
+    """Read a whole store and check every part against the checksum written with it (exit 1 if any is damaged)."""
+    from edlae_dask.errors import StoreIntegrityError
+    from edlae_dask.io.verify import verify_store
+
+    report = verify_store(path, version=version, storage_options=storage_options)
+    if report.damaged:
+        for line in report.damaged:
+            click.echo(line, err=True)
+        raise StoreIntegrityError(f"{report.summary()}; each is listed above")
+    click.echo(report.summary())
+    for part in report.unverifiable:
+        click.echo(f"warning: {part}: read, but cannot be verified", err=True)
 
 
 def main() -> None:

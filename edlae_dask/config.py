@@ -433,6 +433,15 @@ class InfoOptions:
     storage: StorageOptions = group(StorageOptions)
 
 
+@dataclass(frozen=True)
+class VerifyOptions:
+    """``edlae-dask verify`` (not a job: it takes no spec)."""
+
+    path: str = option(argument=True, required=True, kind=PATH)
+    version: str | None = option(None, help="Factor store: verify this version only (default: every complete one).")
+    storage: StorageOptions = group(StorageOptions)
+
+
 #: The jobs (``job:`` of a spec) and their options.
 JOB_OPTIONS = {"ingest": IngestOptions, "train": TrainOptions, "score": ScoreOptions, "evaluate": EvaluateOptions}
 

@@ -56,3 +56,12 @@ def worker_died(exc: BaseException, during: str, *, memory_fix: str = "lower --b
         f"logs; {memory_fix}), or its BLAS crashed (OpenBLAS's SkylakeX float64 kernels have segfaulted in large "
         "Cholesky calls: start the workers with OPENBLAS_CORETYPE=Haswell)" + (f". {note}" if note else "")
     )
+
+
+class StoreIntegrityError(StoreFormatError):
+    """A store that was damaged after it was written: a chunk missing, truncated, swapped or altered.
+
+    Raised by the readers when what they read does not match the checksum written with
+    it (:mod:`edlae_dask.io.integrity`); the message names the store, the array and the
+    shard or block.
+    """

@@ -40,13 +40,13 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import zarr
 
 from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io._fs import Location, group_attrs, location
 from edlae_dask.io._plain import check_plain_array, get_node
+from edlae_dask.io.integrity import digest, verified_blocks, write_blocks
 from edlae_dask.io.versioned import StoreFormat, check_format, mark_complete, move_into_place, open_group
 
 log = logging.getLogger("edlae_dask.io.checkpoints")
@@ -128,28 +128,23 @@ class StageCheckpoints:
             log.info("no %s checkpoint for these inputs in %s: computing it", stage, self.root)
             return None
         try:
-            arrays = self._open(stage, path)
-        except StoreFormatError as exc:
+            arrays, checksums = self._open(stage, path)
+            out = {}
+            for name, arr in arrays.items():
+                # each block is verified by the task that reads it (a chunk missing on disk reads as the NaN
+                # fill value: also refused, for a checkpoint from before checksums)
+                x = verified_blocks(arr, checksums.get(name), store=f"checkpoint {path}", array=name,
+                                    fix="it is recomputed", finite=True)
+                out[name] = x.compute() if STAGE_ARRAYS[stage][name] == "vector" else persist(x)
+        except StoreFormatError as exc:  # StoreIntegrityError included: a damaged checkpoint is recomputed
             log.warning("ignoring the %s checkpoint at %s (%s): recomputing it", stage, path, exc)
             return None
-        out = {}
-        for name, arr in arrays.items():
-            if STAGE_ARRAYS[stage][name] == "vector":
-                out[name] = arr[...]
-                finite = bool(np.isfinite(out[name]).all())
-            else:
-                out[name] = persist(da.from_zarr(arr, chunks=(self.block_size, self.block_size)))
-                # chunks missing on disk read as the NaN fill value: a damaged checkpoint, not data
-                finite = bool(da.isfinite(out[name]).all().compute())
-            if not finite:
-                log.warning("ignoring the %s checkpoint at %s: %s holds NaN or infinite values (damaged); "
-                            "recomputing it", stage, path, name)
-                return None
         log.info("reusing %s checkpoint %s (fingerprint %s…): the %s stage is not recomputed", stage, path,
                  self.fingerprints[stage][:16], stage)
         return out
 
-    def _open(self, stage: str, path: Location) -> dict:
+    def _open(self, stage: str, path: Location) -> tuple[dict, dict]:
+        """The checkpoint's arrays (checked to be what this run needs) and their block checksums."""
         group = open_group(path, FORMAT)
         attrs = check_format(dict(group.attrs), path, FORMAT, complete=True)
         for key, want in {"stage": stage, "fingerprint": self.fingerprints[stage]}.items():
@@ -166,7 +161,8 @@ class StageCheckpoints:
             if arr.shape != shape or arr.dtype != self.dtype:
                 raise StoreFormatError(f"{name} is {arr.dtype} {arr.shape}, expected {self.dtype} {shape}")
             arrays[name] = arr
-        return arrays
+        checksums = attrs.get("checksums")
+        return arrays, checksums if isinstance(checksums, dict) else {}
 
     # ------------------------------------------------------------------ writing
 
@@ -181,26 +177,26 @@ class StageCheckpoints:
             tmp = final
         try:
             group = tmp.open_group("w-" if tmp.is_local else "w")
-            writes = []
+            writes, checksums = [], {}
             for name, kind in STAGE_ARRAYS[stage].items():
                 x = arrays[name]
                 if kind == "matrix":
                     target = group.create_array(name, shape=x.shape, dtype=x.dtype, fill_value=np.nan,
                                                 chunks=(self.block_size, self.block_size))
-                    # store chunks = dask blocks: every task writes whole chunks, no two share one
-                    writes.append(da.store(x.rechunk(self.block_size), target, lock=False, compute=False))
+                    # store chunks = dask blocks: every task writes whole chunks, no two share one, and
+                    # returns the block's checksum
+                    writes.append((name, write_blocks(x.rechunk(self.block_size), target)))
                 else:
                     target = group.create_array(name, shape=x.shape, dtype=x.dtype, fill_value=np.nan,
                                                 chunks=x.shape)
-                    target[...] = np.asarray(x)
-            for w in writes:
-                if client is None:
-                    w.compute(scheduler="threads")
-                else:
-                    client.compute(w).result()
+                    x = np.asarray(x)
+                    target[...] = x
+                    checksums[name] = [digest(x)]
+            for name, w in writes:
+                checksums[name] = w.compute(scheduler="threads") if client is None else client.compute(w).result()
             # the marker last: a checkpoint without it is never read
             mark_complete(group, FORMAT.stamp(stage=stage, fingerprint=self.fingerprints[stage],
-                                              inputs=self.inputs[stage]))
+                                              inputs=self.inputs[stage], checksums=checksums))
             if final.is_local:
                 move_into_place(tmp.url, final.url, check_replaceable=_check_replaceable)
         except BaseException:

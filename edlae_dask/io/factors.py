@@ -40,9 +40,10 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from edlae_dask.errors import OutputExistsError, StoreFormatError
+from edlae_dask.errors import ModelFitError, OutputExistsError, StoreFormatError
 from edlae_dask.io._fs import Location, location
 from edlae_dask.io._plain import check_plain_array, get_node
+from edlae_dask.io.integrity import BLOCK_DIGESTS_ATTR, verified_blocks, write_blocks
 from edlae_dask.io.versioned import StoreFormat, Versions, check_format, mark_complete, move_into_place, open_group
 
 FORMAT_NAME = "edlae-dask/factors"
@@ -54,6 +55,9 @@ FORMAT = StoreFormat(
     incomplete_fix="Its publish did not finish: open another version (`edlae-dask info`), or retrain",
 )
 _LATEST = "LATEST"
+#: the factors proper: refused at publish and at open if they hold NaN or inf
+_FACTORS = ("U", "V")
+_DAMAGED_FIX = "Publish the factors again (train), or open another version (`edlae-dask info STORE` lists them)"
 _VERSIONS = "versions"
 
 
@@ -145,7 +149,14 @@ class FactorWriter:
         return self.tmp.url
 
     def write_array(self, name: str, x, *, chunks=None, compute: bool = True):
-        """Write a numpy or dask array ``x`` as ``name``; dask arrays are written by the workers."""
+        """Write a numpy or dask array ``x`` as ``name``, with a checksum of each block.
+
+        A dask array is written by the workers, one task per block, each also returning
+        the block's digest (:func:`edlae_dask.io.integrity.write_blocks`); ``compute=False``
+        returns that graph as a Delayed for the caller to compute. Blocks of ``U`` and
+        ``V`` holding NaN or inf are refused (:class:`ModelFitError`): broken factors are
+        never published. :meth:`commit` records every array's digests in the version.
+        """
         if isinstance(x, da.Array):
             # zarr chunks = the dask row blocks (the last one may be short), so every
             # task writes whole chunks and no two tasks touch one chunk
@@ -155,15 +166,33 @@ class FactorWriter:
             # a chunk that is missing on disk then reads as NaN (which scoring refuses), never as zeros
             arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=zchunks, compressors=None,
                                           fill_value=np.nan if x.dtype.kind == "f" else None)
-            return da.store(x, arr, lock=False, compute=compute)
+            task = write_blocks(x, arr, finite=name if name in _FACTORS else None)
+            if not compute:
+                return task
+            task.compute()
+            return None
         x = np.asarray(x)
-        arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=chunks or x.shape or None)
+        if name in _FACTORS and x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ModelFitError(f"{name} holds NaN or infinite values: refusing to publish broken factors")
+        chunks = chunks or x.shape or None
+        arr = self.group.create_array(name, shape=x.shape, dtype=x.dtype, chunks=chunks)
         arr[...] = x
+        # the same per-block digests as the workers record for a dask array
+        write_blocks(da.from_array(x, chunks=arr.chunks), arr).compute(scheduler="sync")
         return None
 
     def commit(self, attrs: dict) -> str:
-        """Set the attributes, mark complete, move into place and name it in LATEST."""
-        mark_complete(self.group, FORMAT.stamp(attrs, version=self.version))
+        """Record the arrays' checksums, set the attributes, mark complete, move into place, name it in LATEST."""
+        checksums = {}
+        for name, arr in self.group.arrays():
+            grid = arr.attrs.get(BLOCK_DIGESTS_ATTR)
+            if grid is None:
+                raise StoreFormatError(f"{self.url}/{name} was not written completely (no checksums): not publishing")
+            checksums[name] = grid
+        missing = [name for name in (*_FACTORS, "item_ids", "eigenvalues") if name not in checksums]
+        if missing:
+            raise StoreFormatError(f"factor version {self.url} lacks {missing}: not publishing")
+        mark_complete(self.group, FORMAT.stamp(attrs, version=self.version, checksums=checksums))
         versions = _versions(self.location)
         if self.location.is_local:  # a fresh, unique name: nothing is ever replaced
             move_into_place(self.tmp.url, versions.child(self.version).url)
@@ -295,13 +324,22 @@ def open_factors(path, version: str | None = None, *, storage_options=None) -> F
             f"factor version {vpath} is inconsistent: U {U.shape}, V {V.shape}, item_ids ({n},), "
             f"eigenvalues {arrays['eigenvalues'].shape}, k={k}"
         )
+    # every block is verified against the checksum written with it when it is read (by the task reading it);
+    # a version from before checksums is read unverified, but NaN or inf (a missing chunk reads as NaN) is refused
+    checksums = attrs.get("checksums") if isinstance(attrs.get("checksums"), dict) else {}
+    store = f"factor store {root} (version {version})"
+
+    def verified(name, finite=False):
+        return verified_blocks(arrays[name], checksums.get(name), store=store, array=name, fix=_DAMAGED_FIX,
+                               finite=finite)
+
     return Factors(
         path=root,
         storage_options=loc.storage_options,
         version=version,
-        U=da.from_zarr(U),
-        V=da.from_zarr(V),
-        item_ids=arrays["item_ids"][...],
-        eigenvalues=arrays["eigenvalues"][...],
+        U=verified("U", finite=True),
+        V=verified("V", finite=True),
+        item_ids=verified("item_ids").compute(scheduler="sync"),
+        eigenvalues=verified("eigenvalues").compute(scheduler="sync"),
         meta=attrs,
     )

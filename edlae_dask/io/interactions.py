@@ -5,7 +5,9 @@ group in a local directory, or under an fsspec URL: :mod:`edlae_dask.io._fs`)::
 
     STORE/
       attrs: format, format_version, n_users, n_items, nnz, n_shards, shard_size,
-             fingerprint, shard_fingerprints, created, code_version, source, complete (written last)
+             fingerprint, shard_fingerprints, created, code_version, source, complete (written last),
+             shard_checksums (a digest of each shard's three arrays), checksums (of the 1-d arrays):
+             every read is verified against them (:mod:`edlae_dask.io.integrity`)
       shard_offsets          int64 (n_shards + 1,)  shard s holds users offsets[s]:offsets[s+1]
       shards/00000/indptr    int64 (users in shard + 1,)  local, starts at 0
       shards/00000/indices   int32 (nnz of shard,)        item index, sorted and unique per row
@@ -58,6 +60,7 @@ from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError,
 from edlae_dask.io import _fs
 from edlae_dask.io._fs import Location, group_attrs, location
 from edlae_dask.io._plain import check_plain_array
+from edlae_dask.io.integrity import damaged, digest, read_verified
 from edlae_dask.io.versioned import (
     StoreFormat,
     Versions,
@@ -260,7 +263,8 @@ class InteractionStore:
     def _read_1d(self, name: str, length: int) -> np.ndarray:
         arr = _get_array(_open_store(self.location)[0], name, self.path)
         _check_no_object_dtype(arr, name, self.path)
-        out = arr[:]
+        out = read_verified(arr, _checksum(self.attrs, name), store=f"interaction store {self.path}", array=name,
+                            fix=_DAMAGED_FIX)
         if out.shape != (length,):
             raise StoreFormatError(
                 f"{self.path}: {name} has shape {out.shape}, expected ({length},); re-ingest the data"
@@ -351,11 +355,13 @@ def read_shard(path, s: int, *, storage_options=None) -> sp.csr_matrix:
     path = loc.url
     root, _ = _open_store(loc)
     attrs = _check_attrs(dict(root.attrs), path)
-    offsets = _get_array(root, "shard_offsets", path)[:]
+    offsets = read_verified(_get_array(root, "shard_offsets", path), _checksum(attrs, "shard_offsets"),
+                            store=f"interaction store {path}", array="shard_offsets", fix=_DAMAGED_FIX)
     n_shards = offsets.shape[0] - 1
     if not (isinstance(s, (int, np.integer)) and 0 <= s < n_shards):
         raise ParameterError(f"shard {s!r} does not exist in {path}: valid shard numbers are 0..{n_shards - 1}")
     n_rows = int(offsets[s + 1] - offsets[s])
+    store, part = f"interaction store {path}", f"of shard {s} (shards/{s:05d})"
     parts = {}
     for name, dtype in _SHARD_DTYPES.items():
         arr = _get_array(root, f"shards/{s:05d}/{name}", path)
@@ -364,8 +370,12 @@ def read_shard(path, s: int, *, storage_options=None) -> sp.csr_matrix:
             raise StoreFormatError(
                 f"{path}: shards/{s:05d}/{name} has dtype {arr.dtype}, expected {dtype}; re-ingest the data"
             )
-        parts[name] = arr[:]
+        parts[name] = read_verified(arr, None, store=store, array=name, part=part, fix=_DAMAGED_FIX)
     indptr, indices, values = parts["indptr"], parts["indices"], parts["values"]
+    # the task that reads a shard verifies it: the cost is spread over the workers with the reads
+    checksums = attrs.get("shard_checksums")
+    if isinstance(checksums, list) and len(checksums) == n_shards and digest(indptr, indices, values) != checksums[s]:
+        raise _damaged_shard(store, s)
     consistent = (
         indptr.shape[0] == n_rows + 1 and indptr[0] == 0 and indptr[-1] == indices.shape[0]
         and indices.shape == values.shape
@@ -376,6 +386,20 @@ def read_shard(path, s: int, *, storage_options=None) -> sp.csr_matrix:
             f"{indices.shape[0]} indices, {values.shape[0]} values); the store is corrupt, re-ingest the data"
         )
     return sp.csr_matrix((values, indices, indptr), shape=(n_rows, attrs["n_items"]))
+
+
+_DAMAGED_FIX = "Re-ingest the data (or restore the store from a copy); `edlae-dask verify STORE` checks all of it"
+
+
+def _checksum(attrs: dict, name: str) -> str | None:
+    """The digest the store recorded for its array ``name``; None for a store written before checksums."""
+    sums = attrs.get("checksums")
+    return sums.get(name) if isinstance(sums, dict) else None
+
+
+def _damaged_shard(store: str, s: int):
+    return damaged(store, "indptr/indices/values", f"of shard {s} (shards/{s:05d})",
+                   "do not match the checksum written with them", _DAMAGED_FIX)
 
 
 def _open_store(loc: Location) -> tuple[zarr.Group, Location]:
@@ -441,7 +465,8 @@ def _check_attrs(attrs: dict, path: str) -> dict:
 def _check_offsets(root, attrs: dict, path: str) -> np.ndarray:
     arr = _get_array(root, "shard_offsets", path)
     _check_no_object_dtype(arr, "shard_offsets", path)
-    offsets = arr[:]
+    offsets = read_verified(arr, _checksum(attrs, "shard_offsets"), store=f"interaction store {path}",
+                            array="shard_offsets", fix=_DAMAGED_FIX)
     n_shards, n_users, shard_size = attrs["n_shards"], attrs["n_users"], attrs["shard_size"]
     sizes = np.diff(offsets)
     ok = (
@@ -746,7 +771,7 @@ def _write_store(tmp: Location, shards: Iterator, n_items, user_ids, item_ids, s
     root.attrs.update({"format": FORMAT.name, "format_version": FORMAT.version})
     n_users = user_ids.shape[0]
     fingerprint = _Fingerprint()
-    shard_fingerprints = []
+    shard_fingerprints, shard_checksums = [], []
     items_digest = hashlib.sha256(item_ids.dtype.str.encode() + np.ascontiguousarray(item_ids).tobytes()).hexdigest()
     item_counts = np.zeros(n_items, dtype=np.int64)
     offsets, nnz = [0], 0
@@ -758,6 +783,7 @@ def _write_store(tmp: Location, shards: Iterator, n_items, user_ids, item_ids, s
         for name, arr in (("indptr", indptr), ("indices", indices), ("values", values)):
             _write_1d(root, f"shards/{s:05d}/{name}", arr, chunk=None)
         fingerprint.update(indptr, indices, values, nnz)
+        shard_checksums.append(digest(indptr, indices, values))
         # per shard: its rows, their users and the items, so that a rerun of scoring can tell
         # which shards of a new store are unchanged (edlae_dask.scoring)
         users = np.ascontiguousarray(user_ids[offsets[-1] : offsets[-1] + shard.shape[0]])
@@ -772,10 +798,14 @@ def _write_store(tmp: Location, shards: Iterator, n_items, user_ids, item_ids, s
         raise InputDataError(
             f"the shards hold {offsets[-1]} users but user_ids has {n_users}; pass one id per user row"
         )
-    _write_1d(root, "shard_offsets", np.asarray(offsets, dtype="<i8"), chunk=None)
+    offsets = np.asarray(offsets, dtype="<i8")
+    _write_1d(root, "shard_offsets", offsets, chunk=None)
     _write_1d(root, "user_ids", user_ids, chunk=min(shard_size, _ID_CHUNK))
     _write_1d(root, "item_ids", item_ids, chunk=_ID_CHUNK)
     _write_1d(root, "item_counts", item_counts, chunk=_ID_CHUNK)
+    checksums = {name: digest(a) for name, a in
+                 (("shard_offsets", offsets), ("user_ids", user_ids), ("item_ids", item_ids),
+                  ("item_counts", item_counts))}
     mark_complete(root, FORMAT.stamp(
         n_users=int(n_users),
         n_items=int(n_items),
@@ -784,6 +814,8 @@ def _write_store(tmp: Location, shards: Iterator, n_items, user_ids, item_ids, s
         shard_size=int(shard_size),
         fingerprint=fingerprint.hexdigest(n_users, n_items, user_ids, item_ids),
         shard_fingerprints=shard_fingerprints,
+        shard_checksums=shard_checksums,
+        checksums=checksums,
         source=dict(source),
     ))  # the marker last: a store without it is never read
 

@@ -102,6 +102,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import reduce
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
@@ -110,6 +111,7 @@ from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io import _fs
 from edlae_dask.io._fs import Location, group_attrs, location
 from edlae_dask.io._plain import check_plain_array, get_node
+from edlae_dask.io.integrity import damaged, digest, read_verified
 from edlae_dask.io.versioned import (
     StoreFormat,
     Versions,
@@ -402,7 +404,8 @@ def create_store(path, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarray
     """
     loc = location(path)
     n_users, top_n, chunk_rows = int(meta["n_users"]), int(meta["top_n"]), int(meta["chunk_rows"])
-    attrs = FORMAT.stamp(meta)
+    # the ids' digests, verified when the store is opened (the rows' are in the shards' markers)
+    attrs = FORMAT.stamp(meta, checksums={"user_ids": digest(user_ids), "item_ids": digest(item_ids)})
     if not loc.is_local:
         _write_ids(loc, "user_ids", user_ids, min(chunk_rows, _ID_CHUNK))
         _write_ids(loc, "item_ids", item_ids, _ID_CHUNK)
@@ -472,9 +475,12 @@ def write_shard(path, shard: int, start: int, items: np.ndarray, scores: np.ndar
     root = loc.open_group("r+")
     stop = start + items.shape[0]
     prefix = _rows_prefix(marker)
-    root[f"{prefix}items"][start:stop] = items.astype("<i4", copy=False)
-    root[f"{prefix}scores"][start:stop] = scores.astype("<f4", copy=False)
-    doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(marker, shard=int(shard), rows=[start, stop])}
+    items, scores = items.astype("<i4", copy=False), scores.astype("<f4", copy=False)
+    root[f"{prefix}items"][start:stop] = items
+    root[f"{prefix}scores"][start:stop] = scores
+    # the rows' checksum goes into the marker, written after them: readers verify the shard against it
+    attrs = dict(marker, shard=int(shard), rows=[start, stop], checksum=digest(items, scores))
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
     write_object(loc.join(_DONE, f"{shard:05d}", "zarr.json"), json.dumps(doc).encode())
 
 
@@ -514,7 +520,8 @@ def carry_over(previous, work, *, shards, marker: dict) -> list[int]:
         prefix = _rows_prefix(old_markers[old])
         if prefix not in runs:
             runs[prefix] = _rows_arrays(src, prev.url, prefix, (int(attrs["n_users"]), int(attrs["top_n"])))
-        items, scores = runs[prefix]["items"][a:b], runs[prefix]["scores"][a:b]
+        items, scores = _read_rows(runs[prefix]["items"], runs[prefix]["scores"], a, b,
+                                   old_markers[old].get("checksum"), f"recommendations store {prev.url}", old)
         write_shard(work, s, offsets[s], items, scores, dict(marker, carried_over=True))
         carried.append(s)
     return carried
@@ -758,16 +765,16 @@ def open_recommendations(path, *, allow_incomplete: bool = False, storage_option
             "still going: run the same `edlae-dask score` again to finish it, or pass allow_incomplete=True to "
             "read the finished shards"
         )
-    if loc.is_local:
-        items, scores = da.from_zarr(arrays["items"]), da.from_zarr(arrays["scores"])
-    else:
-        items, scores = _rows_of_runs(root, loc.url, meta, markers)
+    items, scores = _rows_of_runs(root, loc.url, meta, markers)
+    sums = meta.get("checksums") if isinstance(meta.get("checksums"), dict) else {}
+    ids = {name: read_verified(arrays[name], sums.get(name), store=f"recommendations store {path}", array=name,
+                               fix=_DAMAGED_FIX) for name in ("user_ids", "item_ids")}
     return Recommendations(
         path=path,
-        user_ids=arrays["user_ids"][...],
+        user_ids=ids["user_ids"],
         items=items,
         scores=scores,
-        item_ids=arrays["item_ids"][...],
+        item_ids=ids["item_ids"],
         meta=meta,
         complete=complete,
         done_shards=tuple(done),
@@ -775,10 +782,33 @@ def open_recommendations(path, *, allow_incomplete: bool = False, storage_option
     )
 
 
+_DAMAGED_FIX = "Score again into a new --out (or restore the store from a copy)"
+
+
+def _read_rows(items_arr, scores_arr, a: int, b: int, expected: str | None, store: str,
+               shard: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``a:b`` (shard ``shard``) of the two arrays, checked against the shard marker's checksum."""
+    part = f"of shard {shard} (rows {a}..{b - 1})"
+    items = read_verified(items_arr, None, store=store, array="items", part=part, fix=_DAMAGED_FIX,
+                          selection=slice(a, b))
+    scores = read_verified(scores_arr, None, store=store, array="scores", part=part, fix=_DAMAGED_FIX,
+                           selection=slice(a, b))
+    if expected is not None and digest(items, scores) != expected:
+        raise damaged(store, "items/scores", part, "do not match the checksum written with them", _DAMAGED_FIX)
+    return items, scores
+
+
 def _rows_of_runs(root, path: str, meta: dict, markers: dict) -> tuple[da.Array, da.Array]:
-    """Under a URL: each done shard's rows from the run its marker names; unscored rows -1 / NaN."""
+    """Each done shard's rows, verified when read; the rows of unscored shards -1 / NaN.
+
+    Under a URL a shard's rows are those of the run its marker names.
+
+    One task per shard reads both arrays' rows and checks them against the marker's
+    checksum; ``items`` and ``scores`` are its two halves.
+    """
     n_users, top_n, offsets = int(meta["n_users"]), int(meta["top_n"]), meta["shard_offsets"]
     runs, items, scores = {}, [], []
+    store = f"recommendations store {path}"
     for s in range(int(meta["n_shards"])):
         a, b = int(offsets[s]), int(offsets[s + 1])
         if s not in markers:
@@ -787,8 +817,10 @@ def _rows_of_runs(root, path: str, meta: dict, markers: dict) -> tuple[da.Array,
             continue
         prefix = _rows_prefix(markers[s])
         if prefix not in runs:
-            arrays = _rows_arrays(root, path, prefix, (n_users, top_n))
-            runs[prefix] = {name: da.from_zarr(arr) for name, arr in arrays.items()}
-        items.append(runs[prefix]["items"][a:b])
-        scores.append(runs[prefix]["scores"][a:b])
+            runs[prefix] = _rows_arrays(root, path, prefix, (n_users, top_n))
+        rows = dask.delayed(_read_rows, pure=True)(
+            runs[prefix]["items"], runs[prefix]["scores"], a, b, markers[s].get("checksum"), store, s,
+            dask_key_name=f"edlae-read-recommendations-{dask.base.tokenize(path, prefix, s, markers[s])}")
+        items.append(da.from_delayed(rows[0], shape=(b - a, top_n), dtype="<i4"))
+        scores.append(da.from_delayed(rows[1], shape=(b - a, top_n), dtype="<f4"))
     return da.concatenate(items), da.concatenate(scores)
