@@ -276,3 +276,21 @@ def test_verify_refuses_what_is_not_a_store(tmp_path):
     r = _invoke("verify", tmp_path / "x")
     assert r.exit_code == 1 and "Traceback" not in r.output
     shutil.rmtree(tmp_path / "x")
+
+
+# --------------------------------------------------------------------------- object storage
+
+
+def test_a_shard_object_deleted_from_a_bucket_is_detected_not_read_as_zeros(s3, url):
+    """A lifecycle rule or a partial copy removes one chunk object: the shard's reader says so."""
+    import s3fs
+
+    X = clustered_interactions(n_users=60, n_items=20, seed=5)
+    store = write_interactions(f"{url}/s.zarr", X, shard_size=20, storage_options=s3)
+    fs = s3fs.S3FileSystem(**s3)
+    data = store.location.url.replace("s3://", "")
+    (chunk,) = [k for k in fs.find(f"{data}/shards/00001/indices") if "/c/" in k]
+    fs.rm(chunk)
+    with pytest.raises(StoreIntegrityError, match=r"shard 1 \(shards/00001\)"):
+        read_shard(store.location, 1)
+    assert (read_shard(store.location, 0) != X[:20]).nnz == 0

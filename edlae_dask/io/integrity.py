@@ -82,12 +82,6 @@ def read_verified(arr, expected: str | None, *, store: str, array: str, part: st
     return out
 
 
-def verify(values: np.ndarray, expected: str | None, *, store: str, array: str, part: str, fix: str) -> None:
-    """Raise :class:`StoreIntegrityError` unless ``digest(values) == expected`` (None: nothing to check)."""
-    if expected is not None and digest(values) != expected:
-        raise damaged(store, array, part, "does not match the checksum written with it", fix)
-
-
 # --------------------------------------------------------------------------- block-wise, as Dask graphs
 
 
