@@ -315,10 +315,12 @@ def _check_same_items(f, store) -> None:
     a, b = f.item_ids, store.item_ids()
     if a.shape == b.shape and a.dtype.kind == b.dtype.kind and np.array_equal(a, b):
         return
-    if a.dtype.kind != b.dtype.kind:  # integer ids vs string ids: no id is shared
+    if (a.dtype.kind == "U") != (b.dtype.kind == "U"):  # integer ids vs string ids: no id is shared
         only_f, only_i = a.shape[0], b.shape[0]
         detail = f"the factors have {a.dtype.kind == 'U' and 'string' or 'integer'} item ids, the store the other kind"
     else:
+        if a.dtype.kind != b.dtype.kind:  # int64 vs uint64: compare as Python ints (numpy would go through float)
+            a, b = a.astype(object), b.astype(object)
         only_f, only_i = np.setdiff1d(a, b).size, np.setdiff1d(b, a).size
         detail = (f"{only_f} of the factors' items are not in the interaction store and {only_i} of its items are "
                   "not in the factors")

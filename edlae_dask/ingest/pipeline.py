@@ -501,7 +501,7 @@ def _order_items(keys: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.nda
 
     Returns
     -------
-    item_ids : numpy.ndarray of shape (n_kept,), int64 or unicode
+    item_ids : numpy.ndarray of shape (n_kept,), int64, uint64 or unicode
     new_index : numpy.ndarray of shape (n_item_codes,), int64
         Column of each item code, -1 for dropped items.
     """

@@ -25,7 +25,10 @@ msd
 
 Ids are read as text, so ``"007"`` stays ``"007"``; whether the store keeps them
 as integers is decided later on the distinct ids
-(:func:`edlae_dask.io.interactions.normalize_ids`).
+(:func:`edlae_dask.io.interactions.normalize_ids`). A string id with a control
+character or longer than :data:`~edlae_dask.io.interactions.MAX_ID_CHARS` is an
+error naming its line; so is a CSV row with more fields than its header (a field
+holding the delimiter, unquoted, would shift the ones after it).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from edlae_dask.errors import InputDataError, ParameterError
+from edlae_dask.io.interactions import CONTROL_CHARS, MAX_ID_CHARS, id_text_problem
 
 __all__ = ["FORMATS", "Chunk", "FilePlan", "detect_format", "iter_chunks", "plan_file", "resolve_sources"]
 
@@ -52,6 +56,8 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _VALUE_DEFAULTS = ("rating", "value")
 _NETFLIX_NAME = re.compile(r"combined_data_\d+\.txt$")
+# a CSV row with more fields than its header: the usual cause, and its fix
+_QUOTE_FIX = 'a field that holds the delimiter must be quoted ("Smith, John"): quote such fields, or fix the line'
 
 
 @dataclass
@@ -61,7 +67,9 @@ class Chunk:
     Attributes
     ----------
     users, items : numpy.ndarray of shape (n_rows,)
-        Raw ids (strings, or integers from a Parquet integer column); none missing.
+        Raw ids (strings, or integers from a Parquet integer column: int64, or
+        uint64 for an unsigned one); none missing, no string id empty, holding a
+        control character or longer than ``MAX_ID_CHARS``.
     values : numpy.ndarray of shape (n_rows,), float64, or None
         Finite values, or None when the file has no value column.
     """
@@ -252,10 +260,11 @@ def iter_chunks(plan: FilePlan, chunk_rows: int) -> Iterator[Chunk]:
 
 
 def _csv_chunks(plan: FilePlan, chunk_rows: int) -> Iterator[Chunk]:
-    cols = [plan.user_col, plan.item_col] + ([plan.value_col] if plan.value_col else [])
     reader = pd.read_csv(
         plan.path,
-        usecols=cols,
+        # every column, not only ours: with usecols pandas silently drops a row's fields past the header's
+        # (`Smith, John,10,5` under `user,item,rating` would be user "Smith", item " John"); read whole, such
+        # a row is a ParserError (or, as the first row, an implicit index), reported by line below
         dtype={plan.user_col: object, plan.item_col: object},  # text as read: "007" stays "007"
         keep_default_na=False,  # only an empty field is missing: "NA" or "null" may be a real id
         na_values=[""],
@@ -264,7 +273,13 @@ def _csv_chunks(plan: FilePlan, chunk_rows: int) -> Iterator[Chunk]:
     )
     roles = (plan.user_col, plan.item_col, plan.value_col)
     where = _Where(plan.path, 2, "line")  # row 0 is on line 2, under the header
-    for df in _checked(reader, plan.path):
+    for df in _checked(reader, plan.path, fields_fix=_QUOTE_FIX):
+        if not isinstance(df.index, pd.RangeIndex):
+            # pandas reads a first row longer than the header as index + columns, shifting every field
+            raise InputDataError(
+                f"{where.at(0)}: more fields than the {df.shape[1]} columns of the header ({','.join(df.columns)}); "
+                f"{_QUOTE_FIX}"
+            )
         yield _finish(df, roles, where)
 
 
@@ -390,8 +405,12 @@ def _headerless(path: str, sep: str, names: list[str], dtype: dict, chunk_rows: 
     )
 
 
-def _checked(reader, path: str) -> Iterator[pd.DataFrame]:
-    """Yield the reader's chunks; parser errors become InputDataError naming the file."""
+def _checked(reader, path: str, fields_fix: str | None = None) -> Iterator[pd.DataFrame]:
+    """Yield the reader's chunks; parser errors become InputDataError naming the file.
+
+    With ``fields_fix``, a line with more fields than the header is reported by its
+    line number with that fix.
+    """
     try:
         with reader:
             yield from reader
@@ -399,6 +418,12 @@ def _checked(reader, path: str) -> Iterator[pd.DataFrame]:
         raise InputDataError(f"{path} is empty: no rows") from exc
     except pd.errors.ParserError as exc:
         detail = str(exc).replace("Error tokenizing data. C error: ", "").strip()
+        extra = re.fullmatch(r"Expected (\d+) fields in line (\d+), saw (\d+)", detail)
+        if extra and fields_fix:
+            expected, line, saw = extra.groups()
+            raise InputDataError(
+                f"{path}, line {line}: {saw} fields, more than the {expected} columns of the header; {fields_fix}"
+            ) from exc
         hint = " (more separators than the format has)" if detail.startswith("Expected") else ""
         raise InputDataError(
             f"{path}: malformed line: {detail}{hint}. Fix the line, or check --format"
@@ -444,11 +469,38 @@ def _finish(df: pd.DataFrame, roles: tuple[str, str, str | None], where: _Where)
                 f"{col!r}; every row needs a user and an item. Remove the row, or name the right column with {flag}"
             )
     values = None if value_col is None else _parse_values(df[value_col], where, value_col)
-    return Chunk(_as_ids(df[user_col]), _as_ids(df[item_col]), values)
+    users, items = _as_ids(df[user_col]), _as_ids(df[item_col])
+    for ids, col, role in ((users, user_col, "user"), (items, item_col, "item")):
+        _check_id_texts(ids, df.index, where, role, col)
+    return Chunk(users, items, values)
 
 
 def _as_ids(col: pd.Series) -> np.ndarray:
-    return col.to_numpy(dtype=np.int64) if col.dtype.kind in "iu" else col.to_numpy(dtype=object)
+    if col.dtype.kind == "u":  # an unsigned column (Parquet uint64) may hold ids above int64: keep them exact
+        return col.to_numpy(dtype=np.uint64)
+    return col.to_numpy(dtype=np.int64) if col.dtype.kind == "i" else col.to_numpy(dtype=object)
+
+
+def _check_id_texts(ids: np.ndarray, index: pd.Index, where: _Where, role: str, col: str) -> None:
+    """Raise on the first empty, too long or control-character string id, naming its line and the fix."""
+    if ids.dtype != object or ids.shape[0] == 0:
+        return
+    texts = ids.tolist()
+    try:
+        joined = "".join(texts)
+    except TypeError:  # not all str (a Parquet dictionary of other types): check their text
+        texts = [str(x) for x in texts]
+        joined = "".join(texts)
+    # C-speed passes over the whole chunk (isprintable() is false for any control character, and for some
+    # other characters, which the regex then clears); the loop below runs only to name the culprit
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    if (lengths.max() <= MAX_ID_CHARS and lengths.min() > 0
+            and (joined.isprintable() or not CONTROL_CHARS.search(joined))):
+        return
+    for label, text in zip(index, texts):
+        problem = id_text_problem(text)
+        if problem:
+            raise InputDataError(f"{where.at(label)} (column {col!r}): {role} id {problem}")
 
 
 def _parse_values(col: pd.Series, where: _Where, name: str) -> np.ndarray:

@@ -13,7 +13,8 @@ group in a local directory, or under an fsspec URL: :mod:`edlae_dask.io._fs`)::
       shards/00000/indices   int32 (nnz of shard,)        item index, sorted and unique per row
       shards/00000/values    float32 (nnz of shard,)
       shards/00001/...       (each array one chunk: a worker reads one shard and nothing else)
-      user_ids, item_ids     int64 or fixed-width unicode '<U{maxlen}' (never object)
+      user_ids, item_ids     int64, uint64 (ids of 2**63 and above), or fixed-width unicode '<U{maxlen}'
+                             (never object; maxlen <= MAX_ID_CHARS)
       item_counts            int64 (n_items,)  stored entries per item
 
 A store is marked complete last, and a store without that marker is never read.
@@ -111,8 +112,42 @@ except ImportError:  # pragma: no cover - older zarr
 # --------------------------------------------------------------------------- ids
 
 
+#: The longest id a store takes, in characters. String ids are stored fixed-width (``<U{longest}``, 4 bytes
+#: per character for every id), so one long id costs its length in every id; this bound keeps that cost at
+#: most 1 KiB an id. Real keys (integers, UUIDs, hex digests) are far shorter; a longer one is usually a
+#: field that swallowed others (an unbalanced quote), or an id better mapped to a short key.
+MAX_ID_CHARS = 256
+#: C0 control characters and DEL: never part of an id (and a NUL at its end would be lost in ``<U..``)
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def shown_id(x, limit: int = 60) -> str:
+    """``repr`` of an id for a one-line message, cut to about ``limit`` characters."""
+    text = repr(x)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(x)):,} characters)"
+
+
+def id_text_problem(text: str) -> str | None:
+    """What makes the string ``text`` unusable as an id (empty, a control character, too long), or None.
+
+    The one rule for string ids, shared by the readers (which name the line) and
+    :func:`normalize_ids` (which names the position).
+    """
+    if not text:
+        return "is an empty string; every id must be non-empty"
+    bad = CONTROL_CHARS.search(text)
+    if bad:
+        return (f"{shown_id(text)} contains the control character {bad.group()!r} at position {bad.start()}; ids "
+                "must be printable text. Remove control characters (NUL, tab, line breaks, ...) from the ids")
+    if len(text) > MAX_ID_CHARS:
+        return (f"{shown_id(text)} is {len(text):,} characters long; ids may be at most {MAX_ID_CHARS} characters "
+                "(every stored id takes the space of the longest). Map long ids to short keys (e.g. a hash) first")
+    return None
+
+
 def normalize_ids(ids, *, n: int | None = None, what: str = "ids") -> np.ndarray:
-    """Return ids in their stored form: int64, or fixed-width unicode.
+    """Return ids in their stored form: int64, uint64, or fixed-width unicode.
 
     Parameters
     ----------
@@ -127,15 +162,18 @@ def normalize_ids(ids, *, n: int | None = None, what: str = "ids") -> np.ndarray
     -------
     numpy.ndarray of shape (n,)
         ``int64`` if the ids are integers or every id is a canonical integer
-        string (``str(int(x)) == x``: ``"7"`` but not ``"007"`` or ``"+7"``),
-        else ``'<U{maxlen}'``. Never object dtype.
+        string (``str(int(x)) == x``: ``"7"`` but not ``"007"`` or ``"+7"``) and
+        all fit int64; ``uint64`` if they are such integers, none negative and
+        some at least 2**63; else ``'<U{maxlen}'``. Never object dtype.
 
     Raises
     ------
     InputDataError
-        Wrong length or ndim, missing or empty ids, float/bool ids, duplicates.
+        Wrong length or ndim, missing or empty ids, float/bool ids, duplicates;
+        string ids with a control character or longer than :data:`MAX_ID_CHARS`;
+        integers that mix negative values with values of 2**63 or more.
     """
-    arr = np.asarray(ids)
+    arr = _as_array(ids)
     if arr.ndim != 1:
         raise InputDataError(f"{what} must be one-dimensional; got shape {arr.shape}")
     if n is not None and arr.shape[0] != n:
@@ -145,11 +183,27 @@ def normalize_ids(ids, *, n: int | None = None, what: str = "ids") -> np.ndarray
     return out
 
 
+def _as_array(ids) -> np.ndarray:
+    """``ids`` as an array, exactly: numpy would drop a string's trailing NULs and make big integers floats."""
+    if isinstance(ids, np.ndarray):
+        return ids
+    if isinstance(ids, (list, tuple)) and ids and all(isinstance(x, str) for x in ids):
+        return np.array(ids, dtype=object)  # checked as Python strings, before any '<U..' array is made of them
+    arr = np.asarray(ids)
+    if arr.dtype.kind == "f" and arr.ndim == 1 and arr.size:
+        exact = np.asarray(ids, dtype=object)
+        if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in exact):
+            return exact  # integers beyond int64 made them float: keep them exact
+    return arr
+
+
 def _ids_as_int64_or_unicode(arr: np.ndarray, what: str) -> np.ndarray:
     if arr.dtype.kind in "iu":
-        if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
-            raise InputDataError(f"{what} holds integers above int64 range; pass them as strings")
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
+            return arr.astype("<u8")  # above int64: kept unsigned, so every id comes back exactly
         return arr.astype("<i8")
+    if arr.dtype.kind == "T":  # numpy's variable-length strings: checked as Python strings below
+        arr = arr.astype(object)
     if arr.dtype.kind not in "OUS":
         raise InputDataError(f"{what} must be integers or strings; found dtype {arr.dtype}")
     if arr.dtype.kind == "O":
@@ -157,24 +211,82 @@ def _ids_as_int64_or_unicode(arr: np.ndarray, what: str) -> np.ndarray:
         if bad:
             bad = bad[0]
             raise InputDataError(f"{what} must be integers or strings; found {bad!r} ({type(bad).__name__})")
-    text = arr.astype(np.str_) if arr.dtype.kind != "S" else np.char.decode(arr, "utf-8")
-    if text.size and (np.char.str_len(text) == 0).any():
-        first = int(np.flatnonzero(np.char.str_len(text) == 0)[0])
-        raise InputDataError(f"{what}[{first}] is an empty string; every id must be non-empty")
-    as_int = _canonical_int64(text)
+        # checked before the conversion to '<U..': it would drop trailing NULs, and a long id would set the width
+        _check_id_texts([x if isinstance(x, str) else str(x) for x in arr.tolist()], what)
+        text = arr.astype(np.str_)
+    else:
+        text = arr.astype(np.str_) if arr.dtype.kind != "S" else np.char.decode(arr, "utf-8")
+        _check_fixed_width_texts(text, what)
+    as_int = _canonical_integers(text, what)
     return as_int if as_int is not None else text
 
 
-def _canonical_int64(text: np.ndarray) -> np.ndarray | None:
-    """int64 of ``text`` if every entry is a canonical integer string, else None."""
+def _check_id_texts(texts: list[str], what: str) -> None:
+    """Raise for the first unusable string id (see :func:`id_text_problem`), naming its position."""
+    if not texts:
+        return
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    joined = "".join(texts)
+    # C-speed passes over all ids (isprintable() is false for any control character, and for some other
+    # characters, which the regex then clears); the loop below runs only to name the culprit
+    if (lengths.max() <= MAX_ID_CHARS and lengths.min() > 0
+            and (joined.isprintable() or not CONTROL_CHARS.search(joined))):
+        return
+    for i, text in enumerate(texts):
+        problem = id_text_problem(text)
+        if problem:
+            raise InputDataError(f"{what}[{i}] {problem}")
+
+
+def _check_fixed_width_texts(text: np.ndarray, what: str) -> None:
+    """:func:`_check_id_texts` for a '<U..' array (trailing NULs, already dropped by numpy, are not seen)."""
+    step = 1 << 16  # rows at a time: the masks below take a byte per character
+    for start in range(0, text.shape[0], step):
+        part = np.ascontiguousarray(text[start : start + step])
+        lengths = np.char.str_len(part)
+        codes = part.view(np.uint32).reshape(part.shape[0], -1)
+        inside = np.arange(codes.shape[1]) < lengths[:, None]  # past its length, a '<U..' entry is NUL padding
+        bad = (lengths == 0) | (lengths > MAX_ID_CHARS) | (((codes < 0x20) | (codes == 0x7F)) & inside).any(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputDataError(f"{what}[{start + i}] {id_text_problem(str(part[i]))}")
+
+
+def _canonical_integers(text: np.ndarray, what: str) -> np.ndarray | None:
+    """int64 (or uint64 if some id is >= 2**63) of ``text`` if every entry is a canonical integer string, else None."""
     if text.size == 0:
         return np.zeros(0, dtype="<i8")
-    try:
-        as_int = text.astype("<i8")
-    except (ValueError, OverflowError):
-        return None
-    # the round trip rejects "007", "+7", " 7", "-0" and non-ASCII digits exactly like str(int(x)) == x
-    return as_int if bool((as_int.astype(np.str_) == text).all()) else None
+    for dtype in ("<i8", "<u8"):
+        try:
+            as_int = text.astype(dtype)
+        except ValueError:  # not an integer
+            return None
+        except OverflowError:  # beyond this type: try the next
+            continue
+        # the round trip rejects "007", "+7", " 7", "-0" and non-ASCII digits exactly like str(int(x)) == x
+        return as_int if bool((as_int.astype(np.str_) == text).all()) else None
+    _refuse_mixed_signs(text, what)
+    return None  # integers beyond 64 bits: kept as text
+
+
+def _refuse_mixed_signs(text: np.ndarray, what: str) -> None:
+    """Raise if ``text`` holds 64-bit integers that need both signs and 2**63 or more (no 64-bit type holds both)."""
+    values = []
+    for s in text.tolist():
+        try:
+            v = int(s)
+        except ValueError:
+            return
+        if str(v) != s:
+            return
+        values.append(v)
+    lo, hi = min(values), max(values)
+    if -(2**63) <= lo < 0 and 2**63 <= hi < 2**64:
+        raise InputDataError(
+            f"{what} mix negative integers (e.g. {lo}) with integers of 2**63 or more (e.g. {hi}): no 64-bit integer "
+            "type holds both, and a signed and an unsigned copy of one 64-bit id would count as two ids. Write all "
+            "ids in one form: signed (int64) or unsigned (uint64)"
+        )
 
 
 def _check_unique(ids: np.ndarray, what: str) -> None:
@@ -244,11 +356,11 @@ class InteractionStore:
         return read_shard(self.location, s)
 
     def user_ids(self) -> np.ndarray:
-        """Original user ids, of shape (n_users,), int64 or unicode."""
+        """Original user ids, of shape (n_users,), int64, uint64 or unicode."""
         return self._read_1d("user_ids", self.n_users)
 
     def item_ids(self) -> np.ndarray:
-        """Original item ids, of shape (n_items,), int64 or unicode; column j of X is item_ids[j]."""
+        """Original item ids, of shape (n_items,), int64, uint64 or unicode; column j of X is item_ids[j]."""
         return self._read_1d("item_ids", self.n_items)
 
     def item_counts(self) -> np.ndarray:
@@ -505,7 +617,7 @@ def _check_no_object_dtype(arr, name: str, path: str) -> None:
     # fixed-width unicode only, so nothing that could carry pickled content is loaded.
     if arr.dtype.kind not in "iuU" or arr.dtype == object:
         raise StoreFormatError(
-            f"{path}: {name} has dtype {arr.dtype}; interaction stores hold int64 or fixed-width unicode "
+            f"{path}: {name} has dtype {arr.dtype}; interaction stores hold int64, uint64 or fixed-width unicode "
             "ids only (never object/variable-length). The store was not written by edlae-dask; re-ingest the data"
         )
     check_plain_array(arr, f"{path}/{name}", "iuU", "interaction store")  # also: zarr v3, core codecs only

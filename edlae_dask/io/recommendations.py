@@ -11,8 +11,8 @@ directory (a zarr v3 group; for an fsspec URL see "Under a URL" below)::
       items      int32   (n_users, top_n)  indices into item_ids, best first; -1 where not scored yet
       scores     float32 (n_users, top_n)  (x·U)·Vᵀ of those items; NaN where not scored yet
                                             (-inf: a user with fewer than top_n unseen items)
-      user_ids   int64 or '<U{maxlen}' (n_users,)  row r is user user_ids[r] (as in the interaction store)
-      item_ids   int64 or '<U{maxlen}' (n_items,)  a copy of the factors' item ids, so that ids
+      user_ids   int64, uint64 or '<U{maxlen}' (n_users,)  row r is user user_ids[r] (as in the interaction store)
+      item_ids   int64, uint64 or '<U{maxlen}' (n_items,)  a copy of the factors' item ids, so that ids
                                                     stay resolvable after that version is pruned
       done/00000 zarr group, attributes only: shard 0's completion marker
       done/00001 ...
@@ -445,7 +445,7 @@ def start_run(work) -> dict:
 
 def _write_ids(loc: Location, name: str, ids: np.ndarray, chunk: int) -> None:
     if ids.dtype == object or ids.dtype.kind not in "iuU":
-        raise StoreFormatError(f"{name} has dtype {ids.dtype}; only int64 or fixed-width unicode ids are stored")
+        raise StoreFormatError(f"{name} has dtype {ids.dtype}; only integer or fixed-width unicode ids are stored")
     n = ids.shape[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", _UnstableSpecWarning)
@@ -689,7 +689,7 @@ class Recommendations:
         return tuple(int(o) for o in self.meta["shard_offsets"])
 
 
-_ARRAY_KINDS = {"items": "i", "scores": "f", "user_ids": "iU", "item_ids": "iU"}
+_ARRAY_KINDS = {"items": "i", "scores": "f", "user_ids": "iuU", "item_ids": "iuU"}  # uint64: ids >= 2**63
 
 
 def open_recommendations(path, *, allow_incomplete: bool = False, storage_options=None) -> Recommendations:
