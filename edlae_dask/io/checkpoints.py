@@ -16,7 +16,9 @@ fingerprint plus λ and p (not k, the seed or the eigensolver settings, so a run
 with another k reuses both). A checkpoint's ``complete`` attribute is written
 last, and one without it is never read. In a local directory it is also written
 in full under a temporary name and renamed into place
-(:func:`edlae_dask.io.versioned.move_into_place`): complete or absent. Under an fsspec
+(:func:`edlae_dask.io.versioned.move_into_place`): complete or absent; what a killed
+save leaves there is removed by a later save, once nothing has written to it for an
+hour (``_fs.PRUNE_GRACE_S``: runs with other inputs may share the directory). Under an fsspec
 URL (object storage: no rename) it is written in place, ``complete`` last. One
 that is incomplete, damaged (a chunk missing reads as NaN), foreign or not plain
 numbers is ignored with a warning and recomputed; nothing in it is unpickled.

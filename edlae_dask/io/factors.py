@@ -21,7 +21,8 @@ versions beyond ``keep`` are pruned only after ``LATEST`` has moved.
 - Local directory: the version is written under ``versions/.tmp-<version>`` and
   renamed into place before ``LATEST`` is replaced (``os.replace``, fsynced): a
   killed publish leaves only a hidden temporary directory, and the rename makes
-  the switch durable.
+  the switch durable. A writer claims the store for its whole run (see
+  :class:`FactorWriter`); the next run that holds it alone removes such leftovers.
 - URL (object storage has no rename): the version is written directly under
   ``versions/<version>/`` (a fresh, unique name), its ``complete`` marker last,
   then ``LATEST`` is rewritten with one PUT (atomic per object in S3 and GCS). A
@@ -197,8 +198,9 @@ class FactorWriter:
     def _tidy(self) -> None:
         """Remove what killed publishes left; runs only while this run holds the claim alone."""
         root = self.location.url
-        remove_leftovers(os.path.join(root, _VERSIONS), _TMP_VERSION, ours=_ours_or_bare)
-        remove_leftovers(root, _TMP_LATEST)
+        if is_factor_store(self.location):  # in anything else, nothing is ours to remove
+            remove_leftovers(os.path.join(root, _VERSIONS), _TMP_VERSION, ours=_ours_or_bare)
+            remove_leftovers(root, _TMP_LATEST)
         if self._created_root and not self.committed and not _has_complete_version(self.location):
             shutil.rmtree(root, ignore_errors=True)  # an empty store this run made: as if it never ran
 

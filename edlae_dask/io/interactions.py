@@ -16,7 +16,10 @@ group in a local directory, or under an fsspec URL: :mod:`edlae_dask.io._fs`)::
 
 A store is marked complete last, and a store without that marker is never read.
 In a local directory it is written under a temporary sibling name and renamed into
-place, so a reader finds a complete store or none.
+place, so a reader finds a complete store or none. A local ingest holds a claim on
+its path from its first look at it to its publish (:func:`claim_output`); a run that
+holds it alone puts back a store that a replace killed between its two renames left
+aside, and removes killed runs' temporary stores and spill folders.
 
 Under a URL (object storage has no rename) each ingest writes an attempt of its own
 and then switches a pointer::
@@ -46,6 +49,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -530,9 +534,9 @@ def check_output_path(path, *, overwrite: bool, storage_options=None) -> str:
     return path
 
 
-# local targets this process holds a claim on: ingest claims its output, then writes the store through
+# local targets this thread holds a claim on: ingest claims its output, then writes the store through
 # write_interactions_from_shards, which must not claim it a second time (flock: two claims would conflict)
-_CLAIMED: set[str] = set()
+_CLAIMED = threading.local()
 
 
 @contextlib.contextmanager
@@ -553,7 +557,8 @@ def claim_output(path, *, overwrite: bool, storage_options=None):
         Another run holds the claim in a way this one may not share.
     """
     loc = location(path, storage_options)
-    if not loc.is_local or loc.url in _CLAIMED:
+    held = _CLAIMED.__dict__.setdefault("targets", set())
+    if not loc.is_local or loc.url in held:
         yield
         return
     target = loc.url
@@ -564,11 +569,11 @@ def claim_output(path, *, overwrite: bool, storage_options=None):
                                  f"writing it right now{alone}. Wait for it to finish, or choose another --out")
 
     with claim(target, exclusive=not overwrite, busy=busy, tidy=lambda: _tidy(target)):
-        _CLAIMED.add(target)
+        held.add(target)
         try:
             yield
         finally:
-            _CLAIMED.discard(target)
+            held.discard(target)
 
 
 def _tidy(target: str) -> None:
