@@ -22,7 +22,7 @@ from edlae_dask import pipeline
 from edlae_dask.cli import cli
 from edlae_dask.errors import ModelFitError
 from edlae_dask.io.factors import FactorWriter, list_versions, open_factors
-from edlae_dask.io.interactions import open_interactions, write_interactions
+from edlae_dask.io.interactions import claim_output, open_interactions, write_interactions
 
 from conftest import clustered_interactions
 
@@ -374,3 +374,26 @@ def test_a_second_train_into_a_fresh_out_is_refused_while_the_first_runs(tmp_pat
     assert list_versions(out) == [version] and open_factors(out).version == version
     _refused(_run("train", "--interactions", store, "--out", out, *SMALL), out, "--overwrite")  # published now
     assert list_versions(out) == [version]
+
+
+def test_a_second_ingest_into_a_fresh_out_is_refused_at_once_while_the_first_runs(tmp_path, csv):
+    import threading
+
+    out = tmp_path / "x.zarr"
+    claimed, done = threading.Event(), threading.Event()
+
+    def first_ingest():  # still reading its source: it holds the claim, nothing is published yet
+        with claim_output(out, overwrite=False):
+            claimed.set()
+            done.wait(60)
+
+    first = threading.Thread(target=first_ingest)
+    first.start()
+    try:
+        assert claimed.wait(60)
+        _refused(_run("ingest", csv, "--out", out), out, "another ingest", "pid")
+        assert not out.exists()
+    finally:
+        done.set()
+        first.join()
+    assert _run("ingest", csv, "--out", out).exit_code == 0  # once it is gone

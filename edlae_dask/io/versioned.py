@@ -505,13 +505,13 @@ def claim(target, *, exclusive: bool, busy: Callable[[str], Exception],
     try:
         if alone:
             _tidy(tidy, target)
-        if exclusive:
             fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-            fh.flush()
-        elif alone:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # from now on, other runs may share the store
+            fh.truncate()  # a killed holder's name, if any, is no longer true
+            if exclusive:  # named in the refusal of any other run
+                fh.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+                fh.flush()
+            else:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # from now on, other runs may share the store
         yield True
     finally:
         try:
