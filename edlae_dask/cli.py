@@ -311,13 +311,13 @@ def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
 
     params = build(TrainParams, model)  # model: TrainParams's options, by name (train_path)
     work = Path(workdir)
-    for sub in ("interactions.csv.gz", "interactions.zarr", "factors"):
+    _claim_demo_dir(work)  # refuses a directory holding anything the demo did not make, before touching it
+    for sub in _DEMO_OUTPUTS:
         target = work / sub
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     X = make_interactions(n_users, n_items, seed=params.seed).tocoo()
     csv = work / "interactions.csv.gz"
@@ -345,6 +345,58 @@ def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
     top = top_n(scores, min(10, scores.shape[1]))[0][0]  # the package's one top-N rule
     click.echo(f"user {store.user_ids()[0]} has items {f.item_ids[x.indices][:10].tolist()}; "
                f"top-10 recommendations: {f.item_ids[top].tolist()}")
+
+
+_DEMO_MARKER = ".edlae-demo"
+_DEMO_OUTPUTS = ("interactions.csv.gz", "interactions.zarr", "factors")
+
+
+def _claim_demo_dir(work: Path) -> None:
+    """Make ``work`` the demo's directory, or refuse it; nothing in it is touched here.
+
+    A new or empty directory is taken, and marked with the file ``.edlae-demo``.
+    A marked one is an earlier demo's: its outputs may be replaced, but only if each
+    is what the demo writes there (the CSV, an interaction store, a factor store),
+    and nothing else may be there but the hidden siblings the stores' writers use.
+
+    Raises
+    ------
+    OutputExistsError
+        ``work`` is a file, or holds anything else; the message names it.
+    """
+    from edlae_dask.errors import OutputExistsError
+    from edlae_dask.io import factors, interactions
+    from edlae_dask.io._fs import group_attrs
+
+    def refuse(problem: str) -> OutputExistsError:
+        return OutputExistsError(f"refusing to use {work} as the demo's work directory: {problem}; the demo only "
+                                 f"replaces its own {', '.join(_DEMO_OUTPUTS)} there. Choose another --workdir (a new "
+                                 "or empty directory), or move that away yourself")
+
+    if work.exists() and not work.is_dir():
+        raise refuse("it is not a directory")
+    names = sorted(p.name for p in work.iterdir()) if work.is_dir() else []
+    marker = work / _DEMO_MARKER
+    if names and not (marker.is_file() and not marker.is_symlink()):
+        raise refuse(f"it holds {names[0]!r}, and no earlier demo made it (there is no {_DEMO_MARKER} file)")
+    for name in names:
+        path = work / name
+        if name == _DEMO_MARKER or name.startswith((".interactions.zarr.", ".factors.")):
+            continue  # the writers' own lock files and temporaries: they tidy those themselves
+        if path.is_symlink() or name not in _DEMO_OUTPUTS:
+            own = False
+        elif name == "interactions.csv.gz":
+            own = path.is_file()
+        else:  # a store of the kind the demo writes there (or an empty directory)
+            ours = interactions.FORMAT.is_ours(group_attrs(path)) if name == "interactions.zarr" else (
+                factors.is_factor_store(path))
+            own = path.is_dir() and (ours or not any(path.iterdir()))
+        if not own:
+            raise refuse(f"it holds {name!r}, which the demo did not make")
+    work.mkdir(parents=True, exist_ok=True)
+    if not names:
+        marker.write_text("made by `edlae-dask demo`: a rerun replaces its interactions.csv.gz, interactions.zarr "
+                          "and factors here\n")
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -386,11 +438,15 @@ def _count_or_fraction(text: str):
 @options_from(EvaluateOptions)
 @_user_errors
 def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, block_size, max_concurrent,
-             backend, memory_limit, n_power_iter, exact_maxiter, exact_points, cluster, n_workers, out,
+             backend, memory_limit, n_power_iter, exact_maxiter, exact_points, cluster, n_workers, out, overwrite,
              storage_options):
     """Strong-generalization evaluation: λ and p chosen on validation users, nDCG/Recall on test users."""
     from edlae_dask.cluster import connect
     from edlae_dask.evaluation import evaluate as run_evaluate
+    from edlae_dask.io.versioned import check_new_file
+
+    if out:  # before the evaluation: its hours of work are not lost to a path that cannot be written
+        out = check_new_file(out, overwrite=overwrite)
 
     ks = _many(ks, int, "--k")
     lams = _many(lams, float, "--lam") or [TrainParams.lam]  # the model's default
@@ -411,7 +467,7 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
                f"grid {t['grid']:.1f} s with {report.settings['concurrency']['concurrent']} points at once"
                + (f", exact optimum {t['exact_optimum']:.1f} s" if t["exact_optimum"] else "") + ")")
     if out:
-        report.to_json(out)
+        report.to_json(out, overwrite=overwrite)
         click.echo(f"wrote {out}")
 
 

@@ -411,6 +411,7 @@ class EvaluateOptions:
                                     "on validation).")
     where: ClusterOptions = group(ClusterOptions)
     out: str | None = option(None, kind=PATH, help="Write the full report (every grid point) as JSON here.")
+    overwrite: bool = option(False, help="Replace an existing report at --out.")
     storage: StorageOptions = group(StorageOptions)
 
 
@@ -419,7 +420,8 @@ class DemoOptions:
     """``edlae-dask demo`` (not a job: it takes no spec)."""
 
     workdir: str = option("edlae-demo", kind=PATH,
-                          help="Where the demo writes its CSV and stores (replaced on each run).")
+                          help="Where the demo writes its CSV and stores: a new or empty directory, or one an earlier "
+                               "demo made (its outputs are replaced; anything else there is refused).")
     n_users: int = option(50_000, flag="--users")
     n_items: int = option(8_000, flag="--items")
     fit: FitOptions = group(FitOptions)

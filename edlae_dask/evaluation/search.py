@@ -168,9 +168,15 @@ class EvaluationReport:
             "timings": self.timings,
         }
 
-    def to_json(self, path) -> None:
-        with open(path, "w") as fh:
-            json.dump(self.as_dict(), fh, indent=2, default=_json_default)
+    def to_json(self, path, *, overwrite: bool = True) -> None:
+        """Write the report as JSON to the local file ``path``, whole (a temporary file renamed into place).
+
+        ``overwrite=False`` refuses an existing file (:class:`~edlae_dask.errors.OutputExistsError`).
+        """
+        from edlae_dask.io.versioned import write_new_file
+
+        data = json.dumps(self.as_dict(), indent=2, default=_json_default).encode()
+        write_new_file(path, data, overwrite=overwrite)
 
     def table(self) -> str:
         head = ["model", "k", "λ", "p", "valid nDCG@100", "test nDCG@100", "test Recall@20", "test Recall@50"]

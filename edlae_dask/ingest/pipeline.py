@@ -45,7 +45,12 @@ import scipy.sparse as sp
 from edlae_dask.errors import InputDataError, ParameterError
 from edlae_dask.ingest.readers import FORMATS, FilePlan, iter_chunks, plan_file, resolve_sources
 from edlae_dask.io._fs import is_url
-from edlae_dask.io.interactions import check_output_path, normalize_ids, write_interactions_from_shards
+from edlae_dask.io.interactions import (
+    check_output_path,
+    claim_output,
+    normalize_ids,
+    write_interactions_from_shards,
+)
 
 __all__ = ["IngestReport", "ingest"]
 
@@ -193,37 +198,39 @@ def ingest(
     start = time.perf_counter()
     _check_options(fmt, min_value, min_user_interactions, min_item_interactions, shard_size, chunk_rows)
     files = resolve_sources(source)
-    out = check_output_path(out, overwrite=overwrite, storage_options=storage_options)
-    plans = [plan_file(f, fmt, user_col=user_col, item_col=item_col, value_col=value_col) for f in files]
-    fmt_used, fmt_reason = _common_format(plans, fmt)
-    if min_value is not None:
-        _require_values(plans, min_value)
-    say = _Progress(progress)
-    say(f"ingesting {len(files)} file(s) as {fmt_used} ({fmt_reason}) into {out}")
+    # held from the first look at out to the publish: a killed ingest's leftovers are tidied, never a live one's
+    with claim_output(out, overwrite=overwrite, storage_options=storage_options):
+        out = check_output_path(out, overwrite=overwrite, storage_options=storage_options)
+        plans = [plan_file(f, fmt, user_col=user_col, item_col=item_col, value_col=value_col) for f in files]
+        fmt_used, fmt_reason = _common_format(plans, fmt)
+        if min_value is not None:
+            _require_values(plans, min_value)
+        say = _Progress(progress)
+        say(f"ingesting {len(files)} file(s) as {fmt_used} ({fmt_reason}) into {out}")
 
-    options = dict(user_col=user_col, item_col=item_col, value_col=value_col, min_value=min_value,
-                   min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
-                   shard_size=shard_size, chunk_rows=chunk_rows)
-    parent, name = os.path.split(out)
-    if is_url(out):  # the spill files stay on local disk
-        parent = None
-    else:
-        os.makedirs(parent, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}.ingest-", dir=parent) as tmp:
-        spill, users, items = _Spill(tmp, BUCKET_USERS), _IdMap(), _IdMap()
-        rows_read, below = _read_into_buckets(plans, chunk_rows, min_value, users, items, spill, say)
-        _check_not_empty(files, rows_read, below, min_value)
-        sel = _select(spill, users, items, min_user_interactions, min_item_interactions)
-        dropped = {"below_min_value": below, **sel.dropped}
-        say(f"read {rows_read:,} rows; writing {sel.user_ids.shape[0]:,} users x {sel.item_ids.shape[0]:,} items")
-        record = dict(files=files, format=fmt_used, format_reason=fmt_reason, options=options,
-                      columns=[[p.user_col, p.item_col, p.value_col] for p in plans],
-                      rows_read=rows_read, dropped=dropped)
-        store = write_interactions_from_shards(
-            out, _reshard(_bucket_matrices(spill, sel), shard_size), n_items=sel.item_ids.shape[0],
-            user_ids=sel.user_ids, item_ids=sel.item_ids, shard_size=shard_size, overwrite=overwrite, source=record,
-            storage_options=storage_options,
-        )
+        options = dict(user_col=user_col, item_col=item_col, value_col=value_col, min_value=min_value,
+                       min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
+                       shard_size=shard_size, chunk_rows=chunk_rows)
+        parent, name = os.path.split(out)
+        if is_url(out):  # the spill files stay on local disk
+            parent = None
+        else:
+            os.makedirs(parent, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{name}.ingest-", dir=parent) as tmp:
+            spill, users, items = _Spill(tmp, BUCKET_USERS), _IdMap(), _IdMap()
+            rows_read, below = _read_into_buckets(plans, chunk_rows, min_value, users, items, spill, say)
+            _check_not_empty(files, rows_read, below, min_value)
+            sel = _select(spill, users, items, min_user_interactions, min_item_interactions)
+            dropped = {"below_min_value": below, **sel.dropped}
+            say(f"read {rows_read:,} rows; writing {sel.user_ids.shape[0]:,} users x {sel.item_ids.shape[0]:,} items")
+            record = dict(files=files, format=fmt_used, format_reason=fmt_reason, options=options,
+                          columns=[[p.user_col, p.item_col, p.value_col] for p in plans],
+                          rows_read=rows_read, dropped=dropped)
+            store = write_interactions_from_shards(
+                out, _reshard(_bucket_matrices(spill, sel), shard_size), n_items=sel.item_ids.shape[0],
+                user_ids=sel.user_ids, item_ids=sel.item_ids, shard_size=shard_size, overwrite=overwrite, source=record,
+                storage_options=storage_options,
+            )
     report = IngestReport(
         sources=files, fmt=fmt_used, fmt_reason=fmt_reason, out=store.path, rows_read=rows_read,
         n_users=store.n_users, n_items=store.n_items, nnz=store.nnz, dropped=dropped, n_shards=store.n_shards,

@@ -16,7 +16,9 @@ fingerprint plus λ and p (not k, the seed or the eigensolver settings, so a run
 with another k reuses both). A checkpoint's ``complete`` attribute is written
 last, and one without it is never read. In a local directory it is also written
 in full under a temporary name and renamed into place
-(:func:`edlae_dask.io.versioned.move_into_place`): complete or absent. Under an fsspec
+(:func:`edlae_dask.io.versioned.move_into_place`): complete or absent; what a killed
+save leaves there is removed by a later save, once nothing has written to it for an
+hour (``_fs.PRUNE_GRACE_S``: runs with other inputs may share the directory). Under an fsspec
 URL (object storage: no rename) it is written in place, ``complete`` last. One
 that is incomplete, damaged (a chunk missing reads as NaN), foreign or not plain
 numbers is ignored with a warning and recomputed; nothing in it is unpickled.
@@ -35,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -44,10 +47,18 @@ import numpy as np
 import zarr
 
 from edlae_dask.errors import OutputExistsError, StoreFormatError
+from edlae_dask.io import _fs
 from edlae_dask.io._fs import Location, group_attrs, location
 from edlae_dask.io._plain import check_plain_array, get_node
 from edlae_dask.io.integrity import digest, verified_blocks, write_blocks
-from edlae_dask.io.versioned import StoreFormat, check_format, mark_complete, move_into_place, open_group
+from edlae_dask.io.versioned import (
+    StoreFormat,
+    check_format,
+    mark_complete,
+    move_into_place,
+    open_group,
+    remove_leftovers,
+)
 
 log = logging.getLogger("edlae_dask.io.checkpoints")
 
@@ -57,6 +68,8 @@ FORMAT_VERSION = 1
 FORMAT = StoreFormat(FORMAT_NAME, FORMAT_VERSION, "checkpoint")
 #: the arrays each stage keeps: name -> "matrix" (n x n, square blocks) or "vector" (n,)
 STAGE_ARRAYS = {"gram": {"G": "matrix"}, "inverse": {"C": "matrix", "diag_c": "vector"}}
+# a local save's temporary directory, and a replaced checkpoint moved aside (both left by a killed run)
+_LEFTOVER = re.compile(rf"\.({'|'.join(STAGE_ARRAYS)})-[0-9a-f]{{16}}\.(tmp|old)-[0-9a-f]{{32}}")
 
 
 def _digest(payload) -> str:
@@ -172,6 +185,9 @@ class StageCheckpoints:
         final = self.path(stage)
         if final.is_local:
             self.root.mkdir(parents=True, exist_ok=True)
+            # runs with other inputs may share the directory, and none holds a lock there: only what nothing
+            # wrote to for the grace period is a killed run's (a save writes its blocks without pause)
+            remove_leftovers(self.root, _LEFTOVER, ours=_ours_or_bare, idle_s=_fs.PRUNE_GRACE_S)
             tmp = self.location.join(f".{final.name}.tmp-{uuid.uuid4().hex}")
         else:  # no rename on object storage: write in place ("w" clears a leftover), complete last
             tmp = final
@@ -203,6 +219,12 @@ class StageCheckpoints:
             tmp.remove()
             raise
         log.info("%s checkpoint written to %s in %.2f s", stage, final, time.perf_counter() - t0)
+
+
+def _ours_or_bare(path: str) -> bool:
+    """A leftover is removed if it is a checkpoint or no zarr group at all (never another format)."""
+    attrs = group_attrs(path)
+    return attrs is None or FORMAT.is_ours(attrs)
 
 
 def _check_replaceable(path) -> None:

@@ -21,7 +21,8 @@ versions beyond ``keep`` are pruned only after ``LATEST`` has moved.
 - Local directory: the version is written under ``versions/.tmp-<version>`` and
   renamed into place before ``LATEST`` is replaced (``os.replace``, fsynced): a
   killed publish leaves only a hidden temporary directory, and the rename makes
-  the switch durable.
+  the switch durable. A writer claims the store for its whole run (see
+  :class:`FactorWriter`); the next run that holds it alone removes such leftovers.
 - URL (object storage has no rename): the version is written directly under
   ``versions/<version>/`` (a fresh, unique name), its ``complete`` marker last,
   then ``LATEST`` is rewritten with one PUT (atomic per object in S3 and GCS). A
@@ -31,8 +32,12 @@ versions beyond ``keep`` are pruned only after ``LATEST`` has moved.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import os
+import re
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +46,20 @@ import numpy as np
 import zarr
 
 from edlae_dask.errors import ModelFitError, OutputExistsError, StoreFormatError
-from edlae_dask.io._fs import Location, location
+from edlae_dask.io._fs import Location, group_attrs, location
 from edlae_dask.io._plain import check_plain_array, get_node
 from edlae_dask.io.integrity import BLOCK_DIGESTS_ATTR, verified_blocks, write_blocks
-from edlae_dask.io.versioned import StoreFormat, Versions, check_format, mark_complete, move_into_place, open_group
+from edlae_dask.io.versioned import (
+    StoreFormat,
+    Versions,
+    check_format,
+    claim,
+    is_complete,
+    mark_complete,
+    move_into_place,
+    open_group,
+    remove_leftovers,
+)
 
 FORMAT_NAME = "edlae-dask/factors"
 FORMAT_VERSION = 1
@@ -59,6 +74,9 @@ _LATEST = "LATEST"
 _FACTORS = ("U", "V")
 _DAMAGED_FIX = "Publish the factors again (train), or open another version (`edlae-dask info STORE` lists them)"
 _VERSIONS = "versions"
+# what a local publish killed midway leaves: its version's temporary directory, and LATEST's temporary file
+_TMP_VERSION = re.compile(r"\.tmp-v\d{8}T\d{12}Z-[0-9a-f]{6}")
+_TMP_LATEST = re.compile(rf"\.{_LATEST}\.tmp-[0-9a-f]{{32}}")
 
 
 def is_factor_store(path, *, storage_options=None) -> bool:
@@ -101,6 +119,14 @@ class FactorWriter:
     Use as a context manager: leaving the block with an exception removes the
     partial version, and nothing is published.
 
+    A local store is claimed from the start to the commit or abort
+    (:func:`edlae_dask.io.versioned.claim`): without ``overwrite`` alone, so a
+    second run into the same fresh store is refused at once instead of publishing
+    too; with it, beside other ``overwrite`` runs. A run that holds the claim
+    alone removes what killed publishes left (``versions/.tmp-*``,
+    ``.LATEST.tmp-*``), and a store directory this run created is removed again
+    when it ends without a complete version.
+
     Parameters
     ----------
     path : str, os.PathLike or Location
@@ -117,6 +143,20 @@ class FactorWriter:
     def __init__(self, path, *, overwrite: bool = False, keep: int = 3, storage_options=None):
         self.location = location(path, storage_options)
         self.root = Path(self.location.url) if self.location.is_local else self.location
+        self.committed = False
+        self._created_root = False
+        self._claim = contextlib.ExitStack()
+        try:
+            self._start(overwrite, keep)
+        except BaseException:
+            self._release()
+            raise
+
+    def _start(self, overwrite: bool, keep: int) -> None:
+        if self.location.is_local:
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            self._claim.enter_context(claim(self.root, exclusive=not overwrite, busy=self._busy(overwrite),
+                                            tidy=self._tidy))
         if self.location.exists():
             if is_factor_store(self.location):
                 # without LATEST nothing was published (a killed first run): its rerun needs no --overwrite
@@ -132,16 +172,44 @@ class FactorWriter:
                     "Choose another --out or remove it yourself."
                 )
         self.keep = keep
+        self.overwrite = overwrite
         self.version = _new_version_name()
         if self.location.is_local:
-            (self.root / _VERSIONS).mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir()
+                self._created_root = True  # so removed again if this run publishes nothing
+            except FileExistsError:
+                pass
+            (self.root / _VERSIONS).mkdir(exist_ok=True)
             self.tmp = self.location.join(_VERSIONS, f".tmp-{self.version}")
         else:  # no rename on object storage: write the version under its final, unique name
             self.tmp = self.location.join(_VERSIONS, self.version)
         self.group = self.tmp.open_group("w")
         # the format first: a version whose publish died is then reported as incomplete, not as foreign
         self.group.attrs.update(format=FORMAT.name, format_version=FORMAT.version, version=self.version)
-        self.committed = False
+
+    def _busy(self, overwrite: bool):
+        def busy(holder: str) -> OutputExistsError:
+            alone = "" if overwrite else ", and without --overwrite a run must be the only one publishing there"
+            return OutputExistsError(
+                f"refusing to train into {self.root}: another run ({holder}) is writing this factor store right "
+                f"now{alone}. Wait for it to finish (then --overwrite publishes a newer version), or choose another "
+                "--out"
+            )
+
+        return busy
+
+    def _tidy(self) -> None:
+        """Remove what killed publishes left; runs only while this run holds the claim alone."""
+        root = self.location.url
+        if is_factor_store(self.location):  # in anything else, nothing is ours to remove
+            remove_leftovers(os.path.join(root, _VERSIONS), _TMP_VERSION, ours=_ours_or_bare)
+            remove_leftovers(root, _TMP_LATEST)
+        if self._created_root and not self.committed and not _has_complete_version(self.location):
+            shutil.rmtree(root, ignore_errors=True)  # an empty store this run made: as if it never ran
+
+    def _release(self) -> None:
+        self._claim.close()  # idempotent
 
     @property
     def url(self) -> str:
@@ -192,17 +260,29 @@ class FactorWriter:
         missing = [name for name in (*_FACTORS, "item_ids", "eigenvalues") if name not in checksums]
         if missing:
             raise StoreFormatError(f"factor version {self.url} lacks {missing}: not publishing")
-        mark_complete(self.group, FORMAT.stamp(attrs, version=self.version, checksums=checksums))
         versions = _versions(self.location)
+        if not self.overwrite and versions.read() is not None:
+            # checked at the start too; a run no claim keeps out (under a URL: no locks) may have published since
+            raise OutputExistsError(
+                f"refusing to publish into {self.root}: another run published a factor version there while this one "
+                "trained. Pass --overwrite (overwrite=True) to publish a newer version, or choose another --out"
+            )
+        mark_complete(self.group, FORMAT.stamp(attrs, version=self.version, checksums=checksums))
         if self.location.is_local:  # a fresh, unique name: nothing is ever replaced
             move_into_place(self.tmp.url, versions.child(self.version).url)
         versions.publish(self.version)
         self.committed = True
-        self._prune()
+        try:
+            self._prune()
+        finally:
+            self._release()
         return self.version
 
     def abort(self) -> None:
-        self.tmp.remove()
+        try:
+            self.tmp.remove()
+        finally:
+            self._release()
 
     def _prune(self) -> None:
         """Keep the ``keep`` newest complete versions and anything newer than the oldest of them.
@@ -224,6 +304,17 @@ class FactorWriter:
         return False
 
 
+
+
+def _ours_or_bare(path: str) -> bool:
+    """A temporary version directory is removed if it is ours or no zarr group at all (never another format)."""
+    attrs = group_attrs(path)
+    return attrs is None or FORMAT.is_ours(attrs)
+
+
+def _has_complete_version(root: Location) -> bool:
+    versions = _versions(root)
+    return versions.read() is not None or any(is_complete(group_attrs(versions.child(n))) for n in versions.names())
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,10 @@ group in a local directory, or under an fsspec URL: :mod:`edlae_dask.io._fs`)::
 
 A store is marked complete last, and a store without that marker is never read.
 In a local directory it is written under a temporary sibling name and renamed into
-place, so a reader finds a complete store or none.
+place, so a reader finds a complete store or none. A local ingest holds a claim on
+its path from its first look at it to its publish (:func:`claim_output`); a run that
+holds it alone puts back a store that a replace killed between its two renames left
+aside, and removes killed runs' temporary stores and spill folders.
 
 Under a URL (object storage has no rename) each ingest writes an attempt of its own
 and then switches a pointer::
@@ -42,12 +45,14 @@ the old layout removes it just after the switch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import os
 import re
 import secrets
 import shutil
+import threading
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -65,11 +70,15 @@ from edlae_dask.io.integrity import damaged, digest, read_verified
 from edlae_dask.io.versioned import (
     StoreFormat,
     Versions,
+    aside_pattern,
     check_format,
+    claim,
     is_complete,
     mark_complete,
     move_into_place,
     open_group,
+    recover_aside,
+    remove_leftovers,
 )
 
 __all__ = [
@@ -78,6 +87,7 @@ __all__ = [
     "FORMAT_VERSION",
     "InteractionStore",
     "check_output_path",
+    "claim_output",
     "normalize_ids",
     "open_interactions",
     "read_shard",
@@ -661,6 +671,65 @@ def check_output_path(path, *, overwrite: bool, storage_options=None) -> str:
     return path
 
 
+# local targets this thread holds a claim on: ingest claims its output, then writes the store through
+# write_interactions_from_shards, which must not claim it a second time (flock: two claims would conflict)
+_CLAIMED = threading.local()
+
+
+@contextlib.contextmanager
+def claim_output(path, *, overwrite: bool, storage_options=None):
+    """Hold the claim on the local output ``path`` while a run looks at it, writes and publishes it.
+
+    With ``overwrite`` runs share it (the later publish wins, as before); without,
+    a run holds it alone, so that a second run is refused at once rather than after
+    all its work. Whenever a run holds it alone, what killed runs left is tidied
+    (:func:`edlae_dask.io.versioned.claim`): a store one moved aside and did not
+    replace is renamed back (:func:`edlae_dask.io.versioned.recover_aside`), and
+    their temporary stores, spill folders and asides are removed. Under a URL: no
+    claim (object storage has no locks; attempts never mix, see the module docstring).
+
+    Raises
+    ------
+    OutputExistsError
+        Another run holds the claim in a way this one may not share.
+    """
+    loc = location(path, storage_options)
+    held = _CLAIMED.__dict__.setdefault("targets", set())
+    if not loc.is_local or loc.url in held:
+        yield
+        return
+    target = loc.url
+
+    def busy(holder: str) -> OutputExistsError:
+        alone = "" if overwrite else ", and without --overwrite an ingest must be the only one writing there"
+        return OutputExistsError(f"refusing to write the interaction store {target}: another ingest ({holder}) is "
+                                 f"writing it right now{alone}. Wait for it to finish, or choose another --out")
+
+    with claim(target, exclusive=not overwrite, busy=busy, tidy=lambda: _tidy(target)):
+        held.add(target)
+        try:
+            yield
+        finally:
+            held.discard(target)
+
+
+def _tidy(target: str) -> None:
+    """Recover and remove what killed runs left beside ``target`` (call it only while no other run writes it)."""
+    recover_aside(target, ours=_replaceable_dir)
+    parent, name = os.path.split(target)
+    # the temporary store of write_interactions_from_shards, the spill folder of edlae_dask.ingest
+    temporary = re.compile(rf"\.{re.escape(name)}\.(tmp-[0-9a-f]{{32}}|ingest-[a-z0-9_]+)")
+    remove_leftovers(parent, temporary, ours=_ours_or_bare)
+    if os.path.lexists(target):  # an aside whose replacement is in place: the old store, no longer needed
+        remove_leftovers(parent, aside_pattern(target), ours=_replaceable_dir)
+
+
+def _ours_or_bare(path: str) -> bool:
+    """A temporary directory is removed if it is a store of ours or no zarr group at all (never another format)."""
+    attrs = group_attrs(path)
+    return attrs is None or FORMAT.is_ours(attrs)
+
+
 def _replaceable_dir(path: str) -> bool:
     """A local directory that is empty or holds an interaction store."""
     if not os.path.isdir(path) or os.path.islink(path):
@@ -815,14 +884,16 @@ def write_interactions_from_shards(
         return _validated(loc, attempt.open_group("r"), attempt)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
-    try:
-        _write_store(Location(tmp), iter(shards), int(n_items), user_ids, item_ids, shard_size, source or {})
-        # re-check just before replacing: something may have appeared meanwhile
-        move_into_place(tmp, target, check_replaceable=lambda t: check_output_path(t, overwrite=overwrite))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with claim_output(target, overwrite=overwrite):
+        check_output_path(target, overwrite=overwrite)  # again: the claim may have recovered an interrupted replace
+        tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
+        try:
+            _write_store(Location(tmp), iter(shards), int(n_items), user_ids, item_ids, shard_size, source or {})
+            # re-check just before replacing: something may have appeared meanwhile
+            move_into_place(tmp, target, check_replaceable=lambda t: check_output_path(t, overwrite=overwrite))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return open_interactions(target)
 
 

@@ -119,6 +119,7 @@ from edlae_dask.io.versioned import (
     check_format,
     move_into_place,
     open_group,
+    open_lock_file,
     write_object,
 )
 
@@ -213,7 +214,9 @@ def output_lock(target):
 
     The lock file is removed on release. A waiter that then holds a lock on the
     removed file sees that the path no longer names it, and locks the path again.
-    A URL takes no lock (none is needed: see the module docstring).
+    A URL takes no lock (none is needed: see the module docstring). The lock file
+    is never opened through a symbolic link (:func:`~edlae_dask.io.versioned.open_lock_file`:
+    one planted there is refused, so scoring never truncates the file it points to).
     """
     loc = location(target)
     if not loc.is_local:
@@ -227,7 +230,7 @@ def output_lock(target):
     path = os.path.join(parent, f".{name}.lock")
     waited = False
     while True:
-        fh = open(path, "a+")  # noqa: SIM115 - held (and locked) across the yield below, closed by hand
+        fh = open_lock_file(path)  # held (and locked) across the yield below, closed by hand
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

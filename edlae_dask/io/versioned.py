@@ -25,6 +25,13 @@ a reader sees the previous complete content or the new one, never a part:
   one the pointer named before (a reader may still be reading it), whether only
   versions older than the kept ones go, and whether only those nothing has written
   to for a while (object storage has no locks).
+- **Claims and leftovers (local).** A run writing a local store holds a claim, a
+  ``flock`` on the sibling ``.NAME.lock`` (:func:`claim`): shared by runs that may
+  write at once, exclusive for one that must be alone. Only a run that is provably
+  alone (it gets the lock exclusively) removes what killed runs left (temporary
+  directories, a store moved aside by :func:`move_into_place`, which it renames
+  back when nothing took its place: :func:`recover_aside`). Lock files are opened
+  without following symbolic links (:func:`open_lock_file`).
 
 Names and layouts on disk are each store's own (see its module); this module only
 applies the rules.
@@ -32,32 +39,48 @@ applies the rules.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import logging
 import os
+import re
 import shutil
+import stat
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from edlae_dask._version import __version__
-from edlae_dask.errors import OutputExistsError, StoreFormatError
-from edlae_dask.io._fs import Location, group_attrs
+from edlae_dask.errors import OutputExistsError, ParameterError, StoreFormatError
+from edlae_dask.io._fs import Location, group_attrs, is_url
 
 __all__ = [
     "StoreFormat",
     "Versions",
+    "aside_pattern",
     "bad_pointer",
     "by_created",
     "by_name",
     "check_format",
+    "check_new_file",
+    "claim",
     "fsync_dir",
     "is_complete",
+    "lock_path",
     "mark_complete",
     "move_into_place",
     "open_group",
+    "open_lock_file",
     "read_pointer",
+    "recover_aside",
+    "remove_leftovers",
     "write_object",
+    "write_new_file",
 ]
+
+log = logging.getLogger("edlae_dask.io")
 
 
 # --------------------------------------------------------------------------- format and completeness
@@ -271,6 +294,344 @@ def write_object(loc: Location, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(folder)
+
+
+def check_new_file(path, *, overwrite: bool) -> str:
+    """Fail early if the local file ``path`` may not be written; return its absolute form.
+
+    For an output written at the end of a long job: checked before the work, so
+    that the work is not lost to a path that was never writable.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` is a directory, or exists and ``overwrite`` is False.
+    ParameterError
+        ``path`` is a URL, or its folder (or the nearest existing one above it) is not
+        a writable directory.
+    """
+    text = os.fspath(path)
+    if is_url(text):
+        raise ParameterError(f"{text!r}: this output is written to a local file; give a local path")
+    path = os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
+    if os.path.isdir(path):
+        raise OutputExistsError(f"{path} is a directory; give the path of a file to write, e.g. "
+                                f"{os.path.join(path, 'report.json')}")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it, or choose "
+                                "another path")
+    folder = os.path.dirname(path)
+    while not os.path.lexists(folder):  # made when the file is written
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        what = "not a directory" if not os.path.isdir(folder) else "not writable by this user"
+        raise ParameterError(f"cannot write {path}: {folder} is {what}. Choose another path")
+    return path
+
+
+def write_new_file(path, data: bytes, *, overwrite: bool) -> None:
+    """Write the local file ``path`` whole (a temporary sibling, fsynced, then renamed to ``path``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; its folder is made if need be.
+    data : bytes
+    overwrite : bool
+        Replace an existing file. False: a file that exists, or that appears while
+        this one is written, is left alone (the rename is a hard link, which fails
+        rather than replace).
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False, or it is a directory.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise OutputExistsError(f"{path} is a directory; give the path of a file to write")
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # unlike a rename, fails if path exists by now
+            except FileExistsError:
+                raise OutputExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it, "
+                                        "or choose another path") from None
+            except OSError:  # a file system without hard links: the check and the rename are two steps
+                if os.path.lexists(path):
+                    raise OutputExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace "
+                                            "it, or choose another path") from None
+                os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    fsync_dir(folder)
+
+
+# --------------------------------------------------------------------------- local claims and leftovers
+
+
+def _not_a_lock(path: str, what: str) -> OutputExistsError:
+    return OutputExistsError(
+        f"refusing to use {path} as a lock file: it is {what}, and edlae-dask only locks a regular file it may "
+        "create (never through a link, which could make it write elsewhere). Remove it and run again"
+    )
+
+
+def open_lock_file(path):
+    """Open the lock file ``path`` for reading and writing, creating it (mode 0600); never through a symbolic link.
+
+    Returns
+    -------
+    file object
+        Opened ``r+``; ``fcntl.flock`` it. Closing it releases the lock.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` is a symbolic link (even one to a file: opening it would create or
+        change the file it points to), a directory or another non-regular file.
+    """
+    path = os.fspath(path)
+    if os.path.islink(path):
+        raise _not_a_lock(path, "a symbolic link")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # it became a link after the check above
+            raise _not_a_lock(path, "a symbolic link") from None
+        if exc.errno == errno.EISDIR:
+            raise _not_a_lock(path, "a directory") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device: never ours
+        os.close(fd)
+        raise _not_a_lock(path, "not a regular file")
+    return os.fdopen(fd, "r+")
+
+
+def lock_path(target) -> str:
+    """The lock file of the local store ``target``: its hidden sibling ``.NAME.lock``."""
+    parent, name = os.path.split(os.path.abspath(os.fspath(target)))
+    return os.path.join(parent, f".{name}.lock")
+
+
+def _holder(fh) -> str:
+    """Who holds the lock, as its holder wrote it ("pid 12 on host"), or "another process"."""
+    try:
+        fh.seek(0)
+        return fh.read(200).strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+@contextlib.contextmanager
+def claim(target, *, exclusive: bool, busy: Callable[[str], Exception],
+          tidy: Callable[[], None] | None = None) -> Iterator[bool]:
+    """Hold a claim on the local store ``target`` for a whole run: a ``flock`` on its sibling ``.NAME.lock``.
+
+    Runs that may write at once share the lock; a run that must be alone (one
+    that publishes only into a store nothing else is publishing into) holds it
+    exclusively. The kernel releases the lock of a killed run, so a stale claim
+    never blocks anyone. Whenever this run holds the lock alone, at the start and
+    at the end, ``tidy()`` runs: no other run is writing, so whatever killed runs
+    left (temporary directories, an aside) may be removed or recovered. The last
+    run out removes the lock file.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        The store (a local path); its folder is made if need be.
+    exclusive : bool
+        Refuse to run beside any other run, and make any other run refuse.
+    busy : callable
+        ``busy(holder)``: the error raised when the claim cannot be had now
+        (``holder``: who holds it, e.g. ``"pid 12 on host"``).
+    tidy : callable, optional
+        Removes leftovers of killed runs; runs only while this run is alone.
+        It must not fail: an error in it is logged, not raised.
+
+    Yields
+    ------
+    bool
+        Whether the claim is held (False on a file system without ``flock``:
+        then nothing is locked, tidied or refused, and a warning says so).
+    """
+    import fcntl  # POSIX only, and only for local stores
+
+    path = lock_path(target)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    while True:
+        fh = open_lock_file(path)
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                if exclusive:
+                    raise busy(_holder(fh)) from None
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise busy(_holder(fh)) from None
+                alone = False
+            try:
+                same = os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+            except FileNotFoundError:
+                same = False
+        except OSError as exc:
+            fh.close()
+            if isinstance(exc, BlockingIOError) or exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS,
+                                                                     errno.EINVAL):
+                raise
+            log.warning("%s: the file system does not support flock (%s), so this run cannot tell whether another "
+                        "one writes %s at the same time, and removes no leftovers of killed runs", path, exc, target)
+            yield False
+            return
+        except BaseException:
+            fh.close()
+            raise
+        if same:
+            break
+        fh.close()  # the last holder removed the file as it finished: claim the path anew
+    try:
+        if alone:
+            _tidy(tidy, target)
+            fh.seek(0)
+            fh.truncate()  # a killed holder's name, if any, is no longer true
+            if exclusive:  # named in the refusal of any other run
+                fh.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+                fh.flush()
+            else:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # from now on, other runs may share the store
+        yield True
+    finally:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alone now? (a shared lock converts; nobody waits)
+            last = True
+        except OSError:
+            last = False
+        if last:
+            _tidy(tidy, target)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        fh.close()  # closing releases the lock
+
+
+def _tidy(tidy: Callable[[], None] | None, target) -> None:
+    if tidy is None:
+        return
+    try:
+        tidy()
+    except Exception as exc:  # noqa: BLE001 - tidying is best effort; the run's own outcome matters more
+        log.warning("could not remove what killed runs left beside %s: %s: %s", target, type(exc).__name__, exc)
+
+
+def _entries(folder: str, pattern: re.Pattern) -> list[str]:
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(os.path.join(folder, n) for n in names if pattern.fullmatch(n))
+
+
+def _newest_mtime(path: str) -> float:
+    """The newest modification time of ``path`` and everything under it (links not followed)."""
+    newest = os.lstat(path).st_mtime
+    if os.path.isdir(path) and not os.path.islink(path):
+        for folder, dirs, files in os.walk(path):
+            for n in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(folder, n)).st_mtime)
+    return newest
+
+
+def remove_leftovers(folder, pattern: re.Pattern, *, ours: Callable[[str], bool] | None = None,
+                     idle_s: float | None = None) -> list[str]:
+    """Remove what killed runs left in the local ``folder``: entries whose whole name matches ``pattern``.
+
+    Call it only where no live run can be writing them: while holding a :func:`claim`
+    alone, or with ``idle_s``.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+    pattern : re.Pattern
+        Names of the leftovers (a temporary name no user would choose).
+    ours : callable, optional
+        ``ours(path)``: whether an entry is really a leftover of ours; others stay.
+    idle_s : float, optional
+        Remove only entries nothing under which was modified for ``idle_s`` seconds.
+
+    Returns
+    -------
+    list of str
+        The paths removed (each one is logged).
+    """
+    removed = []
+    for path in _entries(os.fspath(folder), pattern):
+        try:
+            if ours is not None and not ours(path):
+                continue
+            if idle_s is not None and time.time() - _newest_mtime(path) < idle_s:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            continue
+        log.info("removed %s, left by an interrupted run", path)
+        removed.append(path)
+    return removed
+
+
+def aside_pattern(target) -> re.Pattern:
+    """Names of the copies of ``target`` that :func:`move_into_place` moves aside."""
+    return re.compile(rf"\.{re.escape(os.path.basename(os.path.abspath(os.fspath(target))))}\.old-[0-9a-f]{{32}}")
+
+
+def recover_aside(target, *, ours: Callable[[str], bool]) -> str | None:
+    """Put back the store a killed :func:`move_into_place` moved aside, if nothing took its place.
+
+    A replace killed between its two renames leaves no ``target`` and the previous
+    store under ``.NAME.old-*``: it is renamed back (the newest, should there be
+    several), and the recovery logged. Call it only while no other run can be
+    replacing ``target`` (holding a :func:`claim` alone).
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        The local store.
+    ours : callable
+        ``ours(path)``: whether an aside may become ``target`` again (a store of the
+        right kind, or an empty directory); others are left alone.
+
+    Returns
+    -------
+    str or None
+        The aside renamed back, or None.
+    """
+    target = os.path.abspath(os.fspath(target))
+    if os.path.lexists(target):
+        return None
+    asides = [p for p in _entries(os.path.dirname(target), aside_pattern(target)) if ours(p)]
+    if not asides:
+        return None
+    aside = max(asides, key=_newest_mtime)
+    os.rename(aside, target)
+    fsync_dir(os.path.dirname(target))
+    log.warning("recovered %s: a run replacing it was interrupted between its two renames, and the previous store, "
+                "moved aside to %s, is back in place", target, aside)
+    return aside
 
 
 # --------------------------------------------------------------------------- pointers and versions
