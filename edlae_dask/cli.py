@@ -3,8 +3,11 @@
 The commands parse options, set up logging and the cluster, and call the library;
 they hold no math and no zarr. Their options are made from the declarations of
 :mod:`edlae_dask.config` (:func:`options_from`), so each default, choice list and
-help text is written once, there. User errors (:class:`EdlaeError`) print one line
-to stderr and exit with status 1, without a traceback.
+help text is written once, there. Every error a command meets prints one line to
+stderr, without a traceback (``edlae-dask --debug`` prints it too): a user's error
+(:class:`EdlaeError`, and OS errors, corrupt chunks, ... worded by
+:func:`edlae_dask.errors.as_user_error`) exits with status 1, any other (a bug) with 70;
+click's usage errors keep their status 2.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from click.core import ParameterSource
@@ -22,6 +27,7 @@ from click.core import ParameterSource
 from edlae_dask._version import __version__
 from edlae_dask.config import (
     INPUT,
+    JOB_OPTIONS,
     PATH,
     DemoOptions,
     EvaluateOptions,
@@ -33,9 +39,10 @@ from edlae_dask.config import (
     TrainParams,
     VerifyOptions,
     build,
+    check_output_file,
     options_of,
 )
-from edlae_dask.errors import EdlaeError
+from edlae_dask.errors import EdlaeError, PathOption, as_user_error, internal_error_line
 from edlae_dask.jobspec import check_inputs, describe, job_of, load_job_spec, missing_key
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -54,18 +61,63 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("bokeh").setLevel(logging.ERROR if verbose < 2 else logging.INFO)
 
 
+#: Exit statuses: a user's error (bad input, a full disk, ...: fix it and rerun), and an internal error (a bug:
+#: report it); 70 is EX_SOFTWARE of sysexits.h. click's usage errors exit with 2.
+EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 1, 70
+#: What passes through the handlers: click's own ways out (usage errors, --help, ctx.exit), which click reports
+#: itself, exits, and Ctrl-C (click says "Aborted!"). Anything else, even a BaseException such as the
+#: CancelledError of an event loop shutting down, ends as one line.
+_PASS_THROUGH = (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt,
+                 GeneratorExit)
+
+
 def _user_errors(fn):
-    """Turn our errors into a one-line message and exit status 1."""
+    """Turn any error of the command into one line on stderr and an exit status (:func:`_fail`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except EdlaeError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:  # every error ends here, as one line
+            _fail(exc, click.get_current_context(silent=True))
 
     return wrapper
+
+
+def _fail(exc: BaseException, ctx: click.Context | None) -> NoReturn:
+    """Print ``exc`` as one line on stderr, after its traceback with ``--debug``, and exit.
+
+    A user's error (:func:`edlae_dask.errors.as_user_error`: ours, OS errors naming the path
+    and the option that chose it, corrupt chunks, ...) exits with :data:`EXIT_USER_ERROR`;
+    anything else is a bug: its type and message, and :data:`EXIT_INTERNAL_ERROR`.
+    """
+    debug = ctx is not None and bool(ctx.find_root().params.get("debug"))
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    error = as_user_error(exc, _path_options(ctx))
+    if error is not None:
+        click.echo("error: " + " ".join(str(error).split()), err=True)
+        sys.exit(EXIT_USER_ERROR)
+    line = internal_error_line(exc)
+    if debug:
+        line = line.replace("rerun with --debug and report it", "report it with the traceback above")
+    click.echo(line, err=True)
+    sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def _path_options(ctx: click.Context | None) -> list[PathOption]:
+    """The paths the running command was given (from its declared PATH and INPUT options), to name in errors."""
+    declared = {**JOB_OPTIONS, "demo": DemoOptions, "info": InfoOptions}.get(ctx.command.name) if ctx else None
+    found = []
+    for opt in options_of(declared) if declared else ():
+        value = ctx.params.get(opt.name)
+        if opt.kind not in (PATH, INPUT) or value is None:
+            continue
+        label = opt.flag or opt.name.upper()
+        found += [PathOption(label, str(v), opt.kind == PATH) for v in (value if opt.many else [value])]
+    return found
 
 
 # --------------------------------------------------------------------------- options from the declarations
@@ -200,9 +252,10 @@ class SpecCommand(click.Command):
                 from_spec = {n: ctx.get_parameter_source(n) == ParameterSource.DEFAULT_MAP for n in ctx.params}
                 check_inputs(self.name, ctx.params, sources=from_spec, spec_file=spec_file)
             return rest
-        except EdlaeError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(1)
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:  # a spec's errors end as one line too
+            _fail(exc, ctx)
 
     def invoke(self, ctx):
         ctx.params.pop("spec_file", None)
@@ -228,11 +281,24 @@ def _spec_arg(args: list[str]) -> str | None:
 # --------------------------------------------------------------------------- the commands
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class _Group(click.Group):
+    """The ``edlae-dask`` group: an error that no command caught (finding the command, logging) is one line too."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:  # every error ends here, as one line
+            _fail(exc, ctx)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="edlae-dask")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: also Dask's).")
+@click.option("--debug", is_flag=True, help="On an error, also print its Python traceback.")
 @click.pass_context
-def cli(ctx, verbose):
+def cli(ctx, verbose, debug):
     """Train and serve the low-rank EDLAE recommender (Steck & Garcia Garcia 2021) on Dask."""
     _setup_logging(verbose)
 
@@ -448,6 +514,7 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
     if out:  # before the evaluation: its hours of work are not lost to a path that cannot be written
         out = check_new_file(out, overwrite=overwrite)
 
+    check_output_file(out, "--out")  # before the evaluation, not after it
     ks = _many(ks, int, "--k")
     lams = _many(lams, float, "--lam") or [TrainParams.lam]  # the model's default
     ps = _many(ps, float, "--p") or [TrainParams.p]

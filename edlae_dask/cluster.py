@@ -388,9 +388,32 @@ def connect(cluster="local", *, n_workers: int | None = None, memory_limit=None)
             log.info("cluster: submitting %d SLURM job(s):\n%s", n_jobs, cl.job_script())
             cl.scale(jobs=n_jobs)
         with Client(cl, security=spec.tls.security() if spec.tls else None) as client:
+            if spec.kind == "local":
+                _quiet_task_failures(client)
             _wait_for_workers(client, spec, default=n_workers_expected)
             _log_client(client)
             yield client
+
+
+def _quiet_task_failures(client) -> None:
+    """Keep the local workers from logging each failed task ("Compute Failed", a traceback) to our stderr.
+
+    The workers of the embedded cluster share this process's stderr; the task's error is
+    re-raised here, where the CLI reports it in one line (with ``--debug``, with its traceback).
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietTaskFailures(WorkerPlugin):
+        name = "edlae-quiet-task-failures"
+
+        def setup(self, worker):
+            logging.getLogger("distributed.worker").addFilter(_drop_compute_failed)
+
+    client.register_plugin(QuietTaskFailures())
+
+
+def _drop_compute_failed(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Compute Failed")
 
 
 @contextlib.contextmanager

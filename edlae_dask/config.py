@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import functools
 import numbers
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edlae_dask.errors import ParameterError
+from edlae_dask.errors import ParameterError, os_error
 from edlae_dask.planning import MAX_BLOCK_SIZE, default_block_size
 
 #: ``dense``: exact Algorithm 1 (n × n matrices); ``scalable``: neighbour-restricted teacher,
@@ -44,6 +45,33 @@ NEIGHBOR_SCORES = ("count", "cosine")
 DEFAULT_NEIGHBORS = 64
 #: ``edlae-dask ingest --format``: ``auto`` and :data:`edlae_dask.ingest.FORMATS` (not imported: it needs pandas).
 INGEST_FORMATS = ("auto", "csv", "parquet", "movielens-csv", "movielens-dat", "netflix", "msd")
+
+#: The largest λ accepted. λ is added to every item's count in P = G + Λ (eq. 8); item counts are at most the
+#: number of users, so a λ beyond 1e12 dwarfs any data set's counts: B ≈ G/λ, every score is ≈ 0 (in float32
+#: they underflow), and a value like 1e300 is a typo, not a model. Refused rather than warned about: the run
+#: would spend its hours and publish a useless model.
+MAX_LAM = 1e12
+#: The largest p accepted: 1 − 1e-6. The dropout penalty is p/(1−p)·diag(G); within 1e-6 of 1 it is over 1e6
+#: times each item's count, swamps the data (float32 keeps 7 digits) and every score is ≈ 0. Refused for the
+#: reason λ is.
+MAX_P = 1 - 1e-6
+#: Why λ and p are bounded, for the errors.
+LAM_BOUND = (f"a finite float in [0, {MAX_LAM:g}] (λ is added to every item's count; beyond {MAX_LAM:g} it dwarfs "
+             "any data set's counts and every score is ≈ 0)")
+P_BOUND = ("a float in [0, 1 - 1e-6] (the dropout probability; within 1e-6 of 1 the penalty p/(1-p) is over 1e6 "
+           "times each item's count and every score is ≈ 0)")
+
+
+def lam_ok(value) -> bool:
+    """``value`` is a λ the model accepts: a finite real in ``[0, MAX_LAM]``."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
+            and 0 <= value <= MAX_LAM)
+
+
+def p_ok(value) -> bool:
+    """``value`` is a p the model accepts: a real in ``[0, MAX_P]``."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= MAX_P
+
 
 # --------------------------------------------------------------------------- declaring options
 
@@ -263,10 +291,10 @@ class TrainParams:
         if n_items is not None and self.k >= n_items:
             raise bad("k", f"less than the number of items ({n_items}); a rank-{n_items} model is the full-rank "
                            "teacher", self.k)
-        if not isinstance(self.lam, numbers.Real) or not np.isfinite(self.lam) or self.lam < 0:
-            raise bad("lam", "a finite float >= 0", self.lam)
-        if not isinstance(self.p, numbers.Real) or not (0 <= self.p < 1):
-            raise bad("p", "a float in [0, 1) (the dropout probability)", self.p)
+        if not lam_ok(self.lam):
+            raise bad("lam", LAM_BOUND, self.lam)
+        if not p_ok(self.p):
+            raise bad("p", P_BOUND, self.p)
         if self.dtype not in DTYPES:
             raise bad("dtype", "'float32' or 'float64'", self.dtype)
         # MAX_BLOCK_SIZE keeps every LAPACK call small (see edlae_dask.planning)
@@ -457,17 +485,28 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     Raises
     ------
     ParameterError
-        The file is missing, is not YAML, or does not hold a mapping with string keys.
+        The file is missing or unreadable, is not UTF-8 text, is not YAML, or does not hold a mapping with
+        string keys; always one line.
     """
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"{what} {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text())
+        if not path.is_file():
+            raise ParameterError(f"{what} {str(path)!r} does not exist"
+                                 + (" (it is a directory)" if path.is_dir() else ""))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ParameterError(str(os_error(exc, f"reading {what}", path=path))) from exc
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (some Windows editors write one) is harmless
+    except UnicodeDecodeError as exc:
+        raise ParameterError(f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+                             "save it as UTF-8") from exc
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ParameterError(f"{what} {path} is not valid YAML: {exc}") from exc
+        raise ParameterError(f"{what} {path} is not valid YAML: {_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise ParameterError(f"{what} {path} must hold a mapping of keys to values, not "
                              f"{type(data).__name__ if data is not None else 'nothing'}")
@@ -475,6 +514,47 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
         if not isinstance(key, str):
             raise ParameterError(f"{what} {path}: key {key!r} must be a string")
     return data
+
+
+def _yaml_problem(exc) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own message spans several lines)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem or mark is None:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    return f"{context + ', ' if context else ''}{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def check_output_file(path: str | os.PathLike | None, option: str) -> None:
+    """Check, before any work, that a file can be written at the local ``path``: not a directory, in a folder.
+
+    For outputs written at the end of a long job (``evaluate --out``), so that a wrong path costs no run.
+
+    Raises
+    ------
+    StorageError
+        ``path`` is a directory, its folder does not exist or is a file, or the folder (or the file) is
+        not writable (read-only file system, permissions).
+    """
+    if path is None or "://" in str(path):
+        return  # object storage: only the write can tell
+    target = Path(path)
+    folder = target.parent
+    problem = None
+    if target.is_dir():
+        problem = errno.EISDIR, target
+    elif not folder.exists():
+        problem = errno.ENOENT, folder
+    elif not folder.is_dir():
+        problem = errno.ENOTDIR, folder
+    else:
+        writable = os.access(target, os.W_OK) if target.exists() else os.access(folder, os.W_OK)
+        if not writable:
+            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+            problem = (errno.EROFS if read_only else errno.EACCES), target if target.exists() else folder
+    if problem is not None:
+        code, where = problem
+        raise os_error(OSError(code, os.strerror(code), str(where)), option=option)
 
 
 def check_keys(data: dict, allowed, where: str) -> None:

@@ -67,7 +67,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import math
 import numbers
 import os
 import time
@@ -78,6 +77,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
+from edlae_dask.config import LAM_BOUND, P_BOUND, lam_ok, p_ok
 from edlae_dask.errors import EdlaeError, MemoryBudgetError, ParameterError, worker_died
 from edlae_dask.evaluation.dense import DenseWorkspace, as_dask, eigensolve, plan_memory
 from edlae_dask.evaluation.metrics import METRICS, MetricSummary, summarize
@@ -225,17 +225,14 @@ def _json_default(o):
 # --------------------------------------------------------------------------- validation
 
 
-def _check_floats(values, name: str, lo: float, hi: float | None, hi_open: bool) -> tuple[float, ...]:
+def _check_floats(values, name: str, ok, bound: str) -> tuple[float, ...]:
+    """The grid's values of λ or p, checked by the model's own rule (``ok``, described by ``bound``)."""
     if isinstance(values, numbers.Real):
         values = [values]
     out = []
     for v in values:
-        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= lo
-        if ok and hi is not None:
-            ok = v < hi if hi_open else v <= hi
-        if not ok:
-            rng = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
-            raise ParameterError(f"Every value of the {name!r} parameter must be a finite float in {rng}. Got {v!r}.")
+        if not ok(v):
+            raise ParameterError(f"Every value of the {name!r} parameter must be {bound}. Got {v!r}.")
         out.append(float(v))
     if not out:
         raise ParameterError(f"The {name!r} parameter needs at least one value.")
@@ -487,9 +484,9 @@ class Evaluator:
         ks : sequence of int
             Ranks of the low-rank models, 0 < k < n_items.
         lams : sequence of float, default=(20.0,)
-            λ >= 0 values.
+            λ values, 0 <= λ <= 1e12 (:data:`edlae_dask.config.MAX_LAM`).
         ps : sequence of float, default=(0.25,)
-            Dropout probabilities, 0 <= p < 1.
+            Dropout probabilities, 0 <= p <= 1 - 1e-6 (:data:`edlae_dask.config.MAX_P`).
         max_concurrent : int, optional
             Grid points in flight at once (default: the cluster's threads, at least
             2, capped by the memory estimate of :meth:`concurrency`).
@@ -517,8 +514,8 @@ class Evaluator:
         t0 = time.perf_counter()
         models = parse_models(models)
         n = self.n_items
-        lams = _check_floats(lams, "lams", 0.0, None, False)
-        ps = _check_floats(ps, "ps", 0.0, 1.0, True)
+        lams = _check_floats(lams, "lams", lam_ok, LAM_BOUND)
+        ps = _check_floats(ps, "ps", p_ok, P_BOUND)
         ks = _check_ks(ks, n)
         low = [m for m in models if m in ("edlae", "lae")]
         if low and not ks:
@@ -897,6 +894,8 @@ def evaluate(store, *, models=("edlae", "lae", "full-rank", "ease"), ks=(), lams
     >>> rep = evaluate("interactions.zarr", ks=[50, 200], lams=[50, 200], ps=[0, 0.25])   # doctest: +SKIP
     >>> print(rep.table())                                                                # doctest: +SKIP
     """
+    _check_floats(lams, "lams", lam_ok, LAM_BOUND)  # before the split and the Gram: a bad grid costs nothing
+    _check_floats(ps, "ps", p_ok, P_BOUND)
     with Evaluator(store, n_valid=n_valid, n_test=n_test, seed=seed, min_items=min_items,
                    target_fraction=target_fraction, dtype=dtype, block_size=block_size, client=client,
                    backend=backend, memory_limit=memory_limit, storage_options=storage_options) as ev:

@@ -365,8 +365,7 @@ class _Spill:
         sorted_buckets = bucket[order]
         starts = np.flatnonzero(np.diff(sorted_buckets)) + 1
         for b, part in zip(sorted_buckets[np.r_[0, starts]].tolist(), np.split(pairs, starts)):
-            with open(self.path(b, "pairs"), "ab") as f:
-                part.tofile(f)
+            _write_array(self.path(b, "pairs"), part, "ab")
         self.n_user_codes = max(self.n_user_codes, int(ucodes.max()) + 1)
 
     def load_pairs(self, b: int) -> np.ndarray:
@@ -374,13 +373,28 @@ class _Spill:
         return np.fromfile(self.path(b, "pairs"), dtype="<i4").reshape(-1, 2)
 
     def save_keys(self, b: int, keys: np.ndarray) -> None:
-        keys.astype("<i8").tofile(self.path(b, "keys"))
+        _write_array(self.path(b, "keys"), keys.astype("<i8"), "wb")
         os.remove(self.path(b, "pairs"))
 
     def load_keys(self, b: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
         """Deduped ``(local user, item)`` codes of bucket ``b``, sorted by user then item."""
         keys = np.fromfile(self.path(b, "keys"), dtype="<i8")
         return keys // n_items, keys % n_items
+
+
+def _write_array(path: str, array: np.ndarray, mode: str) -> None:
+    """Write ``array``'s bytes to ``path`` through Python's file I/O.
+
+    Not numpy's ``tofile``: on a full disk that raises an ``OSError`` with no errno and no file
+    name ("N requested and M written"); a Python write names both, so the CLI can say which disk is full.
+    """
+    try:
+        with open(path, mode) as f:
+            f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = path
+        raise
 
 
 def _read_into_buckets(
