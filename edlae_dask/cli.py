@@ -39,7 +39,6 @@ from edlae_dask.config import (
     TrainParams,
     VerifyOptions,
     build,
-    check_output_file,
     options_of,
 )
 from edlae_dask.errors import EdlaeError, PathOption, as_user_error, internal_error_line
@@ -512,9 +511,7 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
     from edlae_dask.io.versioned import check_new_file
 
     if out:  # before the evaluation: its hours of work are not lost to a path that cannot be written
-        out = check_new_file(out, overwrite=overwrite)
-
-    check_output_file(out, "--out")  # before the evaluation, not after it
+        out = check_new_file(out, overwrite=overwrite, option="--out")
     ks = _many(ks, int, "--k")
     lams = _many(lams, float, "--lam") or [TrainParams.lam]  # the model's default
     ps = _many(ps, float, "--p") or [TrainParams.p]

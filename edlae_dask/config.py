@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import errno
 import functools
 import numbers
 import os
@@ -523,38 +522,6 @@ def _yaml_problem(exc) -> str:
         return " ".join(str(exc).split())
     context = getattr(exc, "context", None)
     return f"{context + ', ' if context else ''}{problem} (line {mark.line + 1}, column {mark.column + 1})"
-
-
-def check_output_file(path: str | os.PathLike | None, option: str) -> None:
-    """Check, before any work, that a file can be written at the local ``path``: not a directory, in a folder.
-
-    For outputs written at the end of a long job (``evaluate --out``), so that a wrong path costs no run.
-
-    Raises
-    ------
-    StorageError
-        ``path`` is a directory, its folder does not exist or is a file, or the folder (or the file) is
-        not writable (read-only file system, permissions).
-    """
-    if path is None or "://" in str(path):
-        return  # object storage: only the write can tell
-    target = Path(path)
-    folder = target.parent
-    problem = None
-    if target.is_dir():
-        problem = errno.EISDIR, target
-    elif not folder.exists():
-        problem = errno.ENOENT, folder
-    elif not folder.is_dir():
-        problem = errno.ENOTDIR, folder
-    else:
-        writable = os.access(target, os.W_OK) if target.exists() else os.access(folder, os.W_OK)
-        if not writable:
-            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-            problem = (errno.EROFS if read_only else errno.EACCES), target if target.exists() else folder
-    if problem is not None:
-        code, where = problem
-        raise os_error(OSError(code, os.strerror(code), str(where)), option=option)
 
 
 def check_keys(data: dict, allowed, where: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from edlae_dask.cli import EXIT_INTERNAL_ERROR, cli
-from edlae_dask.config import MAX_LAM, MAX_P, TrainParams, check_output_file
+from edlae_dask.config import MAX_LAM, MAX_P, TrainParams
 from edlae_dask.errors import (
     ParameterError,
     PathOption,
@@ -28,6 +28,7 @@ from edlae_dask.errors import (
     as_user_error,
     os_error,
 )
+from edlae_dask.io.versioned import check_new_file
 
 # a line of the CLI's log (edlae_dask.cli._setup_logging): progress, not an error
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")
@@ -144,16 +145,14 @@ def test_extreme_lambda_and_p_are_refused_by_the_model_parameters():
             TrainParams(**bad).validate()
 
 
-def test_check_output_file(tmp_path):
-    check_output_file(tmp_path / "report.json", "--out")
-    check_output_file(None, "--out")
+def test_an_output_file_is_checked_before_the_work(tmp_path):
+    assert check_new_file(tmp_path / "report.json", overwrite=False) == str(tmp_path / "report.json")
+    assert check_new_file(tmp_path / "new" / "report.json", overwrite=False)  # its folder is made when written
     with pytest.raises(StorageError, match="is a directory where a file is expected"):
-        check_output_file(tmp_path, "--out")
-    with pytest.raises(StorageError, match="does not exist"):
-        check_output_file(tmp_path / "no" / "report.json", "--out")
+        check_new_file(tmp_path, overwrite=True)
     (tmp_path / "file").write_text("")
     with pytest.raises(StorageError, match="a file where a directory is expected"):
-        check_output_file(tmp_path / "file" / "report.json", "--out")
+        check_new_file(tmp_path / "file" / "report.json", overwrite=False)
 
 
 # --------------------------------------------------------------------------- full disk

@@ -161,7 +161,7 @@ def test_evaluate_refuses_a_report_whose_folder_cannot_be_made_before_evaluating
     blocker = tmp_path / "results"
     blocker.write_text("a file where the report's folder should be")
     _refused(_run("evaluate", "--interactions", store, *EVALUATE, "--out", blocker / "eval.json"), blocker,
-             "not a directory")
+             "a file where a directory is expected")
     assert blocker.read_text() == "a file where the report's folder should be"
 
 

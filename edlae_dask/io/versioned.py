@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from edlae_dask._version import __version__
-from edlae_dask.errors import OutputExistsError, ParameterError, StoreFormatError
+from edlae_dask.errors import OutputExistsError, ParameterError, StoreFormatError, os_error
 from edlae_dask.io._fs import Location, group_attrs, is_url
 
 __all__ = [
@@ -296,7 +296,7 @@ def write_object(loc: Location, data: bytes) -> None:
     fsync_dir(folder)
 
 
-def check_new_file(path, *, overwrite: bool) -> str:
+def check_new_file(path, *, overwrite: bool, option: str = "--out") -> str:
     """Fail early if the local file ``path`` may not be written; return its absolute form.
 
     For an output written at the end of a long job: checked before the work, so
@@ -315,17 +315,18 @@ def check_new_file(path, *, overwrite: bool) -> str:
         raise ParameterError(f"{text!r}: this output is written to a local file; give a local path")
     path = os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
     if os.path.isdir(path):
-        raise OutputExistsError(f"{path} is a directory; give the path of a file to write, e.g. "
-                                f"{os.path.join(path, 'report.json')}")
+        raise os_error(OSError(errno.EISDIR, os.strerror(errno.EISDIR), path), option=option)
     if os.path.lexists(path) and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it, or choose "
                                 "another path")
     folder = os.path.dirname(path)
     while not os.path.lexists(folder):  # made when the file is written
         folder = os.path.dirname(folder)
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        what = "not a directory" if not os.path.isdir(folder) else "not writable by this user"
-        raise ParameterError(f"cannot write {path}: {folder} is {what}. Choose another path")
+    if not os.path.isdir(folder):
+        raise os_error(OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder), option=option)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(folder).f_flag & os.ST_RDONLY else errno.EACCES
+        raise os_error(OSError(code, os.strerror(code), folder), option=option)
     return path
 
 
