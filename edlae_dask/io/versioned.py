@@ -280,20 +280,7 @@ def write_object(loc: Location, data: bytes) -> None:
     if not loc.is_local:
         loc.write_bytes(data)
         return
-    folder, name = os.path.split(loc.url)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, loc.url)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(folder)
+    write_new_file(loc.url, data, overwrite=True)
 
 
 def check_new_file(path, *, overwrite: bool, option: str = "--out") -> str:
