@@ -217,18 +217,18 @@ class EDLAE:
 
             root = f"edlae-fit-{uuid.uuid4().hex}"
             try:
-                write_interactions(f"memory://{root}/interactions.zarr", X, item_ids=item_ids)
-                return self.fit(f"memory://{root}/interactions.zarr", out=out, overwrite=overwrite, client=None,
-                                progress=progress, storage_options=storage_options)
+                # the store object, not its URL: storage_options are out's, and must not reach memory://
+                store = write_interactions(f"memory://{root}/interactions.zarr", X, item_ids=item_ids)
+                return self.fit(store, out=out, overwrite=overwrite, client=None, progress=progress,
+                                storage_options=storage_options)
             finally:
                 fs = fsspec.filesystem("memory")
                 if fs.exists(f"/{root}"):
                     fs.rm(f"/{root}", recursive=True)
         # a distributed client's workers may be other processes: they read a local temporary store
         with tempfile.TemporaryDirectory(prefix="edlae-fit-") as tmp:
-            path = os.path.join(tmp, "interactions.zarr")
-            write_interactions(path, X, item_ids=item_ids)
-            return self.fit(path, out=out, overwrite=overwrite, client=client, progress=progress,
+            store = write_interactions(os.path.join(tmp, "interactions.zarr"), X, item_ids=item_ids)
+            return self.fit(store, out=out, overwrite=overwrite, client=client, progress=progress,
                             storage_options=storage_options)
 
     @classmethod

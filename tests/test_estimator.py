@@ -184,3 +184,14 @@ def test_similar_items_refuses_unknown_ids_and_methods(model):
         model.similar_items(["nope"])
     with pytest.raises(ParameterError, match="method"):
         model.similar_items(["i000"], method="dot")
+
+
+def test_fit_on_a_matrix_can_publish_and_load_gives_the_same_recommendations(tmp_path, data, model):
+    published = EDLAE(**PARAMS).fit(data, item_ids=ITEM_IDS, out=tmp_path / "factors")
+    loaded = EDLAE.load(tmp_path / "factors", published.version_)
+    np.testing.assert_array_equal(loaded.item_ids_, ITEM_IDS)
+    ids, scores = loaded.recommend(data[:20], N=5)
+    ref_ids, ref_scores = model.recommend(data[:20], N=5)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-10)
+    assert not [p for p in fsspec.filesystem("memory").ls("/") if "edlae-fit-" in p["name"]]
