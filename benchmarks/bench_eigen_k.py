@@ -273,7 +273,7 @@ def ndcg(args) -> list[dict]:
 
     import edlae_dask.linalg.eigen as eigen
     from edlae_dask.evaluation import Evaluator
-    from edlae_dask.ingest import ingest
+    from edlae_dask.ingestion import ingest
 
     rows = []
     for name in args.datasets:

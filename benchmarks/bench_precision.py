@@ -36,7 +36,7 @@ METRICS = ("ndcg@100", "recall@20", "recall@50")
 
 def run_dataset(name: str, args) -> dict:
     from edlae_dask.evaluation import Evaluator
-    from edlae_dask.ingest import ingest
+    from edlae_dask.ingestion import ingest
 
     info = _dataset_info(args.data_dir, name)
     min_value = _default_min_value(name, info)

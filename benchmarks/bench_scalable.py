@@ -78,7 +78,7 @@ def accuracy(args) -> None:
     from edlae_dask.cluster import connect
     from edlae_dask.config import TrainParams
     from edlae_dask.evaluation.split import strong_generalization_split
-    from edlae_dask.ingest import ingest
+    from edlae_dask.ingestion import ingest
     from edlae_dask.io.interactions import open_interactions, write_interactions
     from edlae_dask.pipeline import train
 

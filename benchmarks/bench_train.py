@@ -43,7 +43,7 @@ def main() -> None:
 
     from edlae_dask.cluster import connect
     from edlae_dask.config import TrainParams
-    from edlae_dask.ingest import ingest
+    from edlae_dask.ingestion import ingest
     from edlae_dask.pipeline import train
 
     source = args.data_dir / args.dataset / "interactions.csv.gz"

@@ -194,7 +194,7 @@ def _label_runs(d: dict) -> None:
 
 def run_dataset(name: str, args, client, previous: dict | None, command: str) -> dict:
     from edlae_dask.evaluation import Evaluator
-    from edlae_dask.ingest import ingest
+    from edlae_dask.ingestion import ingest
 
     info = _dataset_info(args.data_dir, name)
     min_value = args.min_value if args.min_value is not None else _default_min_value(name, info)

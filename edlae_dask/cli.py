@@ -311,7 +311,7 @@ def cli(ctx, verbose, debug):
 def ingest(source, out, fmt, user_col, item_col, value_col, min_value, min_user_interactions,
            min_item_interactions, shard_size, chunk_rows, overwrite, storage_options):
     """Read raw interactions (CSV, Parquet, MovieLens, Netflix, MSD) into an interaction store."""
-    from edlae_dask.ingest import ingest as run_ingest
+    from edlae_dask.ingestion import ingest as run_ingest
 
     report = run_ingest(
         list(source) if len(source) > 1 else source[0], out, fmt=fmt, user_col=user_col, item_col=item_col,
@@ -370,7 +370,7 @@ def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
     import pandas as pd
 
     from edlae_dask.cluster import connect
-    from edlae_dask.ingest import ingest as run_ingest
+    from edlae_dask.ingestion import ingest as run_ingest
     from edlae_dask.pipeline import train as run_train
     from edlae_dask.synthetic import make_interactions
 

@@ -42,7 +42,7 @@ NEIGHBOR_SCORES = ("count", "cosine")
 #: benchmarks/results/design-notes.md and scalable-accuracy-*.md. The teacher costs K³ per item, so larger
 #: K is for smaller catalogues.
 DEFAULT_NEIGHBORS = 64
-#: ``edlae-dask ingest --format``: ``auto`` and :data:`edlae_dask.ingest.FORMATS` (not imported: it needs pandas).
+#: ``edlae-dask ingest --format``: ``auto`` and :data:`edlae_dask.ingestion.FORMATS` (not imported: it needs pandas).
 INGEST_FORMATS = ("auto", "csv", "parquet", "movielens-csv", "movielens-dat", "netflix", "msd")
 
 #: The largest λ accepted. λ is added to every item's count in P = G + Λ (eq. 8); item counts are at most the

@@ -61,7 +61,7 @@ def test_the_evaluate_grid_defaults_are_the_models():
 
 
 def test_ingest_formats_are_the_readers():
-    from edlae_dask.ingest import FORMATS
+    from edlae_dask.ingestion import FORMATS
 
     assert INGEST_FORMATS == ("auto", *FORMATS)
 

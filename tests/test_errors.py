@@ -37,7 +37,7 @@ LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A CSV of 3000 users x 400 items (about 60k rows: 480 kB of spill when ingested) and its store."""
-    from edlae_dask.ingest import ingest
+    from edlae_dask.ingestion import ingest
 
     folder = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
@@ -327,7 +327,7 @@ def test_an_internal_error_is_one_line_with_its_own_status(data, tmp_path, monke
     def bug(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("edlae_dask.ingest.ingest", bug)
+    monkeypatch.setattr("edlae_dask.ingestion.ingest", bug)
     csv, _ = data
     line = _error_line(_invoke("ingest", csv, "--out", tmp_path / "x.zarr"), status=EXIT_INTERNAL_ERROR)
     assert line == "internal error: KeyError: 'a bug'; rerun with --debug and report it"

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from edlae_dask.cli import cli
 from edlae_dask.errors import InputDataError
-from edlae_dask.ingest import ingest
+from edlae_dask.ingestion import ingest
 from edlae_dask.io import interactions
 from edlae_dask.io.factors import open_factors
 from edlae_dask.io.interactions import MAX_ID_CHARS, normalize_ids, open_interactions, write_interactions

@@ -11,8 +11,8 @@ import pytest
 import scipy.sparse as sp
 
 from edlae_dask.errors import InputDataError, OutputExistsError, ParameterError
-from edlae_dask.ingest import IngestReport, ingest, pipeline
-from edlae_dask.ingest.readers import detect_format
+from edlae_dask.ingestion import IngestReport, ingest, pipeline
+from edlae_dask.ingestion.readers import detect_format
 from edlae_dask.io.interactions import open_interactions
 
 # (user, item, value) rows shared by the format tests: a repeated pair (u1, 20),

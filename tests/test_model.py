@@ -120,7 +120,10 @@ def test_estimator_fit_sets_fitted_attributes_and_recommends(tmp_path):
     dense_scores = X[:5].toarray() @ U0 @ V0.T
     dense_scores[X[:5].toarray() > 0] = -np.inf
     np.testing.assert_allclose(scores, -np.sort(-dense_scores, axis=1)[:, :7], rtol=1e-6)
-    assert not np.any(X[:5].toarray()[np.arange(5)[:, None], ids])
+    # recommend answers in original item ids (the store's default ids are 0 … n-1, i.e. the indices)
+    assert np.isin(ids, model.item_ids_).all()
+    idx = np.searchsorted(model.item_ids_, ids)
+    assert not np.any(X[:5].toarray()[np.arange(5)[:, None], idx])
 
 
 @pytest.mark.parametrize(

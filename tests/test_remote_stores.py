@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from edlae_dask.cli import cli
 from edlae_dask.config import TrainParams
 from edlae_dask.errors import StoreFormatError
-from edlae_dask.ingest import ingest
+from edlae_dask.ingestion import ingest
 from edlae_dask.io.factors import FactorWriter, list_versions, open_factors
 from edlae_dask.io.interactions import open_interactions, write_interactions
 from edlae_dask.io.recommendations import open_recommendations

@@ -529,7 +529,7 @@ def _open_store(loc: Location) -> tuple[zarr.Group, Location]:
     path = loc.url
     missing = StoreFormatError(
         f"no interaction store at {path}: the path does not exist. Create one with "
-        "`edlae-dask ingest SOURCE --out PATH` (edlae_dask.ingest.ingest)"
+        "`edlae-dask ingest SOURCE --out PATH` (edlae_dask.ingest)"
     )
     if loc.is_local and not os.path.exists(path):
         raise missing

@@ -2,12 +2,12 @@
 
 Example
 -------
->>> from edlae_dask.ingest import ingest
+>>> from edlae_dask.ingestion import ingest
 >>> report = ingest("ratings.csv", "interactions.zarr", min_value=3.5)  # doctest: +SKIP
 >>> print(report.summary())  # doctest: +SKIP
 """
 
-from edlae_dask.ingest.pipeline import IngestReport, ingest
-from edlae_dask.ingest.readers import FORMATS
+from edlae_dask.ingestion.pipeline import IngestReport, ingest
+from edlae_dask.ingestion.readers import FORMATS
 
 __all__ = ["FORMATS", "IngestReport", "ingest"]

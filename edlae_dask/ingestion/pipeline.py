@@ -2,7 +2,7 @@
 
 The pipeline, for files of any size:
 
-1. **Read** (:mod:`edlae_dask.ingest.readers`): stream chunks of ``chunk_rows``
+1. **Read** (:mod:`edlae_dask.ingestion.readers`): stream chunks of ``chunk_rows``
    rows, validate, keep rows with ``value >= min_value``, map ids to integer
    codes with growing dictionaries (users in order of first appearance) and
    append the ``(user, item)`` code pairs to on-disk bucket files, one per range
@@ -43,7 +43,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from edlae_dask.errors import InputDataError, ParameterError
-from edlae_dask.ingest.readers import FORMATS, FilePlan, iter_chunks, plan_file, resolve_sources
+from edlae_dask.ingestion.readers import FORMATS, FilePlan, iter_chunks, plan_file, resolve_sources
 from edlae_dask.io._fs import is_url
 from edlae_dask.io.interactions import (
     check_output_path,
