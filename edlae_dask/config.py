@@ -404,6 +404,18 @@ class ScoreOptions:
 
 
 @dataclass(frozen=True)
+class ExportOptions:
+    """``edlae-dask export`` (not a job: it takes no spec)."""
+
+    recs: str = option(argument=True, required=True, kind=PATH)
+    out: str = option(required=True, kind=PATH,
+                      help="File to write: .parquet (a row group per shard), .csv or .csv.gz; columns user_id, rank, "
+                           "item_id, score, one row per (user, rank).")
+    overwrite: bool = option(False, help="Replace an existing file at --out.")
+    storage: StorageOptions = group(StorageOptions)
+
+
+@dataclass(frozen=True)
 class EvaluateOptions:
     """``edlae-dask evaluate``: the grid takes many values per parameter; without values, the model's default."""
 
