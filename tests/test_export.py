@@ -21,7 +21,8 @@ from edlae_dask.scoring import score
 
 from conftest import random_interactions
 
-pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")  # zarr: string ids have no ratified v3 spec
+# zarr: fixed-width string ids have no ratified v3 spec yet
+pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")
 
 N_USERS, N_ITEMS, K, SHARD = 37, 23, 3, 10  # shards of 10, 10, 10, 7 users
 
