@@ -542,8 +542,8 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
 @cli.command(cls=SpecCommand)
 @options_from(ScoreOptions)
 @_user_errors
-def score(factors, interactions, out, top_n, cluster, n_workers, item_block, user_batch, include_seen, progress,
-          storage_options):
+def score(factors, interactions, out, top_n, cluster, n_workers, item_block, user_batch, include_seen, items_allow,
+          items_deny, users, progress, storage_options):
     """Write the top-N items of every user to a recommendations store; reruns skip finished shards."""
     from edlae_dask.cluster import connect
     from edlae_dask.scoring import score as run_score
@@ -552,7 +552,8 @@ def score(factors, interactions, out, top_n, cluster, n_workers, item_block, use
     with connect(cluster, n_workers=n_workers) as client:
         report = run_score(factors, interactions, out, top_n=top_n, client=client, item_block=item_block,
                            user_batch=user_batch, exclude_seen=not include_seen, progress=progress,
-                           storage_options=storage_options)
+                           storage_options=storage_options, items_allow=items_allow, items_deny=items_deny,
+                           users=users)
     click.echo(report.summary())
 
 

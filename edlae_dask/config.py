@@ -399,6 +399,13 @@ class ScoreOptions:
     item_block: int | None = option(None, help="Items per score block (default: 32 MiB blocks).")
     user_batch: int | None = option(None, help="Users per score block (default 1024).")
     include_seen: bool = option(False, help="Also recommend items the user already has.")
+    items_allow: str | None = option(None, kind=INPUT,
+                                     help="File of item ids, one a line: recommend only these (ids the factors do "
+                                          "not know are ignored with a warning).")
+    items_deny: str | None = option(None, kind=INPUT, help="File of item ids, one a line: never recommend these.")
+    users: str | None = option(None, kind=INPUT,
+                               help="File of user ids, one a line: score only these users (the others' rows stay "
+                                    "unscored, and export leaves them out).")
     progress: bool | None = option(None, help="Progress bar (default: when stderr is a terminal).")
     storage: StorageOptions = group(StorageOptions)
 
