@@ -394,7 +394,9 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
     items_allow, items_deny : str, os.PathLike or iterable of ids, optional
         Recommend only items of ``items_allow`` and none of ``items_deny``: original
         item ids, or a text file of them, one a line (parsed to the factors' id
-        dtype). The excluded items score −inf before the top-N, like seen items.
+        dtype). The excluded items score −inf before the top-N, like seen items
+        (a user with fewer than ``top_n`` items left is padded with −inf places,
+        which may name excluded items: :mod:`edlae_dask.io.export` drops them).
         Ids the factors do not know are ignored with a warning naming the first
         few (an allow-list taken from a catalog routinely holds items newer than the
         factors); an allow-list none of whose ids is known is an error.
@@ -587,8 +589,8 @@ def _read_ids(source, dtype: np.dtype, what: str) -> np.ndarray:
         except ValueError:
             v = None
         if v is None or not info.min <= v <= info.max:
-            raise InputDataError(f"{where}, line {n}: {t[:40]!r} is not a {dtype} id; {what} must list the stores' "
-                                 f"ids ({dtype}), one a line")
+            raise InputDataError(f"{where}, line {n}: {t[:40]!r} is not an integer id the stores can hold ({dtype}); "
+                                 f"{what} must list the stores' ids, one a line")
         vals.append(v)
     return np.array(vals, dtype=dtype)
 
