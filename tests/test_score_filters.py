@@ -142,3 +142,13 @@ def test_cli_filters_and_one_line_errors(p):
     res = CliRunner().invoke(cli, [*args, "--items-deny", str(p["tmp"] / "missing.txt")])
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert res.exit_code == 1 and len(errors) == 1 and "missing.txt" in errors[0], res.output
+
+
+def test_filters_on_a_distributed_client(p):
+    """The excluded items travel as one graph node that every shard task depends on."""
+    from distributed import Client
+
+    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        report = p["run"](client=client, items_deny=["sku-2", "sku-9"], users=[1001, 1012, 1040])
+    assert report.published and report.n_users_scored == 3
+    check(p["tmp"] / "recs", oracle(p["X"], p["U"], p["V"], TOP, excluded=[2, 9], users=[1, 12, 40]))
