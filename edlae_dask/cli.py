@@ -1,4 +1,4 @@
-"""The ``edlae-dask`` command line: ingest, train, score, evaluate, run (a job spec), demo, info.
+"""The ``edlae-dask`` command line: ingest, train, score, export, evaluate, run (a job spec), demo, info.
 
 The commands parse options, set up logging and the cluster, and call the library;
 they hold no math and no zarr. Their options are made from the declarations of
@@ -31,6 +31,7 @@ from edlae_dask.config import (
     PATH,
     DemoOptions,
     EvaluateOptions,
+    ExportOptions,
     InfoOptions,
     IngestOptions,
     Option,
@@ -541,8 +542,8 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
 @cli.command(cls=SpecCommand)
 @options_from(ScoreOptions)
 @_user_errors
-def score(factors, interactions, out, top_n, cluster, n_workers, item_block, user_batch, include_seen, progress,
-          storage_options):
+def score(factors, interactions, out, top_n, cluster, n_workers, item_block, user_batch, include_seen, items_allow,
+          items_deny, users, progress, storage_options):
     """Write the top-N items of every user to a recommendations store; reruns skip finished shards."""
     from edlae_dask.cluster import connect
     from edlae_dask.scoring import score as run_score
@@ -551,8 +552,24 @@ def score(factors, interactions, out, top_n, cluster, n_workers, item_block, use
     with connect(cluster, n_workers=n_workers) as client:
         report = run_score(factors, interactions, out, top_n=top_n, client=client, item_block=item_block,
                            user_batch=user_batch, exclude_seen=not include_seen, progress=progress,
-                           storage_options=storage_options)
+                           storage_options=storage_options, items_allow=items_allow, items_deny=items_deny,
+                           users=users)
     click.echo(report.summary())
+
+
+@cli.command()
+@options_from(ExportOptions)
+@_user_errors
+def export(recs, out, overwrite, storage_options):
+    """Write a recommendations store to a Parquet or CSV file for serving: user_id, rank, item_id, score.
+
+    Original ids, rank from 1, one row per (user, rank); places padded with score
+    -inf (a user with fewer than top-n items left) are left out. Streamed shard by
+    shard; the file appears whole or not at all.
+    """
+    from edlae_dask.io.export import export_recommendations
+
+    click.echo(export_recommendations(recs, out, overwrite=overwrite, storage_options=storage_options).summary())
 
 
 # --------------------------------------------------------------------------- run

@@ -399,7 +399,26 @@ class ScoreOptions:
     item_block: int | None = option(None, help="Items per score block (default: 32 MiB blocks).")
     user_batch: int | None = option(None, help="Users per score block (default 1024).")
     include_seen: bool = option(False, help="Also recommend items the user already has.")
+    items_allow: str | None = option(None, kind=INPUT,
+                                     help="File of item ids, one a line: recommend only these (ids the factors do "
+                                          "not know are ignored with a warning).")
+    items_deny: str | None = option(None, kind=INPUT, help="File of item ids, one a line: never recommend these.")
+    users: str | None = option(None, kind=INPUT,
+                               help="File of user ids, one a line: score only these users (the others' rows stay "
+                                    "unscored, and export leaves them out).")
     progress: bool | None = option(None, help="Progress bar (default: when stderr is a terminal).")
+    storage: StorageOptions = group(StorageOptions)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """``edlae-dask export`` (not a job: it takes no spec)."""
+
+    recs: str = option(argument=True, required=True, kind=PATH)
+    out: str = option(required=True, kind=PATH,
+                      help="File to write: .parquet (a row group per shard), .csv or .csv.gz; columns user_id, rank, "
+                           "item_id, score, one row per (user, rank).")
+    overwrite: bool = option(False, help="Replace an existing file at --out.")
     storage: StorageOptions = group(StorageOptions)
 
 

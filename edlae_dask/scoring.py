@@ -85,7 +85,7 @@ def _read_step(block: int, k: int, itemsize: int) -> int:
 
 
 def top_n_scores(X, U, V, top_n: int, *, item_block: int | None = None, user_batch: int | None = None,
-                 exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 exclude_seen: bool = True, exclude_items=None) -> tuple[np.ndarray, np.ndarray]:
     """Top-N items and scores of each row of ``X`` under ``s = (x·U)·Vᵀ``, streaming over items.
 
     Parameters
@@ -102,6 +102,10 @@ def top_n_scores(X, U, V, top_n: int, *, item_block: int | None = None, user_bat
         (8,192 items in float32).
     exclude_seen : bool, default=True
         Items of the row (stored entries of X) get score −inf.
+    exclude_items : numpy.ndarray of int, optional
+        Sorted item indices that get score −inf for every row (the denied or not
+        allowed items of ``score``): masked like the seen items, before the top-N, so
+        the one top-N rule decides among the rest.
 
     Returns
     -------
@@ -142,6 +146,7 @@ def top_n_scores(X, U, V, top_n: int, *, item_block: int | None = None, user_bat
         order = np.argsort(cols, kind="stable")
         seen.append((r0, r1, cols[order], rows[order]))
     # two flat block buffers, reused: the scores, and the partition's copy (fresh 32 MiB arrays cost page faults)
+    excl = None if exclude_items is None else np.asarray(exclude_items, dtype=np.int64)
     size = min(ub, n_rows) * min(ib, n_items)
     s_buf, p_buf = np.empty(size, dtype=dtype), np.empty(size, dtype=dtype)
     for a, b, Vp in _row_pieces(V, _read_step(ib, k, dtype.itemsize), dtype):
@@ -150,12 +155,17 @@ def top_n_scores(X, U, V, top_n: int, *, item_block: int | None = None, user_bat
         for j0 in range(a, b, ib):
             VbT = Vp[j0 - a : min(j0 + ib, b) - a].T
             j1 = j0 + VbT.shape[1]
+            if excl is not None:  # this block's excluded columns: one slice of the sorted indices
+                lo, hi = np.searchsorted(excl, [j0, j1])
+                excl_cols = excl[lo:hi] - j0
             for r0, r1, cols, rows in seen:
                 S = s_buf[: (r1 - r0) * (j1 - j0)].reshape(r1 - r0, j1 - j0)
                 np.matmul(XU[r0:r1], VbT, out=S)
                 if exclude_seen:
                     lo, hi = np.searchsorted(cols, [j0, j1])
                     S[rows[lo:hi], cols[lo:hi] - j0] = -np.inf
+                if excl is not None and excl_cols.size:
+                    S[:, excl_cols] = -np.inf
                 merge_block(S, j0, best_s[r0:r1], best_i[r0:r1], p_buf)
     fill_exhausted(best_s, best_i)
     return best_i, best_s.astype(np.float32)
@@ -179,9 +189,10 @@ class _ShardJob:
     exclude_seen: bool
     marker: dict
     log_here: bool
+    rows: np.ndarray | None = None  # the selected users' rows within the shard (--users); None: all
 
 
-def _score_shard(job: _ShardJob) -> dict:
+def _score_shard(job: _ShardJob, exclude_items=None) -> dict:
     """Read shard, score, write rows and marker; return a small record. Runs on a worker."""
     from edlae_dask.io.factors import open_factors
     from edlae_dask.io.interactions import read_shard
@@ -194,12 +205,24 @@ def _score_shard(job: _ShardJob) -> dict:
             f"{job.interactions_path}: shard {job.shard} has {X.shape[0]} users, expected {job.stop - job.start}: "
             "the interaction store changed during scoring; score again"
         )
-    f = open_factors(job.factors_path, job.factor_version)
-    items, scores = top_n_scores(X, f.U, f.V, job.top_n, item_block=job.item_block, user_batch=job.user_batch,
-                                 exclude_seen=job.exclude_seen)
+    n_rows = X.shape[0]
+    if job.rows is not None:
+        X = X[job.rows]
+    if X.shape[0]:
+        f = open_factors(job.factors_path, job.factor_version)
+        items, scores = top_n_scores(X, f.U, f.V, job.top_n, item_block=job.item_block, user_batch=job.user_batch,
+                                     exclude_seen=job.exclude_seen, exclude_items=exclude_items)
+    else:  # no selected user in this shard: nothing to read but its rows
+        items, scores = np.empty((0, job.top_n), np.int32), np.empty((0, job.top_n), np.float32)
+    if job.rows is not None:  # users not selected keep the unscored row (-1, NaN): the store keeps its shape
+        all_items, all_scores = np.full((n_rows, job.top_n), -1, np.int32), np.full((n_rows, job.top_n), np.nan,
+                                                                                    np.float32)
+        all_items[job.rows], all_scores[job.rows] = items, scores
+        items, scores = all_items, all_scores
     seconds = time.perf_counter() - t0
     write_shard(job.work_path, job.shard, job.start, items, scores, dict(job.marker, seconds=round(seconds, 3)))
-    rec = {"shard": job.shard, "users": job.stop - job.start, "seconds": seconds,
+    n_scored = n_rows if job.rows is None else len(job.rows)
+    rec = {"shard": job.shard, "users": n_scored, "seconds": seconds,
            "total_seconds": time.perf_counter() - t0, "worker_pid": os.getpid()}
     if job.log_here:
         _log_shard(rec)
@@ -338,7 +361,7 @@ def _check_same_items(f, store) -> None:
 
 def score(factors, interactions, out, *, top_n: int = 100, client=None, item_block: int | None = None,
           user_batch: int | None = None, exclude_seen: bool = True, progress: bool = False,
-          shards=None, storage_options=None) -> ScoreReport:
+          shards=None, storage_options=None, items_allow=None, items_deny=None, users=None) -> ScoreReport:
     """Score every user of ``interactions`` with ``factors``; write the top-N to the store ``out``.
 
     Parameters
@@ -368,6 +391,19 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
     storage_options : dict, optional
         fsspec options for the stores given as URLs (default: fsspec's defaults
         and environment, e.g. ``AWS_*`` variables). The tasks carry them to the workers.
+    items_allow, items_deny : str, os.PathLike or iterable of ids, optional
+        Recommend only items of ``items_allow`` and none of ``items_deny``: original
+        item ids, or a text file of them, one a line (parsed to the factors' id
+        dtype). The excluded items score −inf before the top-N, like seen items
+        (a user with fewer than ``top_n`` items left is padded with −inf places,
+        which may name excluded items: :mod:`edlae_dask.io.export` drops them).
+        Ids the factors do not know are ignored with a warning naming the first
+        few (an allow-list taken from a catalog routinely holds items newer than the
+        factors); an allow-list none of whose ids is known is an error.
+    users : str, os.PathLike or iterable of ids, optional
+        Score only these users (original ids, or a file of them), as above: unknown
+        ids warned about, none known an error. The store keeps every user's row;
+        the others hold item -1 and score NaN (what an export leaves out).
 
     Returns
     -------
@@ -389,7 +425,7 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
     -----
     Reruns are idempotent. The store's attributes carry a scoring token (the
     factor version, the interaction store fingerprint and sharding, ``top_n``,
-    ``exclude_seen``). A rerun whose token equals ``out``'s skips every shard
+    ``exclude_seen``, the filters). A rerun whose token equals ``out``'s skips every shard
     with a matching completion marker and scores only missing ones, in place. A
     run with a new token (a new factor version, changed interactions, another
     ``top_n``) writes a fresh store under a hidden sibling of ``out`` and replaces
@@ -428,21 +464,26 @@ def score(factors, interactions, out, *, top_n: int = 100, client=None, item_blo
     dtype = np.result_type(f.U.dtype, np.float32)
     shard_rows = max(b - a for a, b in zip(offsets[:-1], offsets[1:]))
     ib, ub = default_blocks(n_items, shard_rows, dtype.itemsize, item_block=item_block, user_batch=user_batch)
+    excluded, item_filter = _item_filter(f.item_ids, items_allow, items_deny)
+    rows, user_filter = _user_filter(store, offsets, users)
+    filters, shard_filters = _filter_digests(item_filter, rows, user_filter, store.n_shards)
     token = recs.scoring_token(factor_version=f.version, n_items=n_items, interactions_fingerprint=store.fingerprint,
-                               shard_offsets=offsets, top_n=top_n, exclude_seen=exclude_seen)
+                               shard_offsets=offsets, top_n=top_n, exclude_seen=exclude_seen, filters=filters)
     shard_tokens = recs.shard_tokens(factor_version=f.version, n_items=n_items, shard_offsets=offsets, top_n=top_n,
-                                     exclude_seen=exclude_seen, shard_fingerprints=_shard_fingerprints(store))
+                                     exclude_seen=exclude_seen, shard_fingerprints=_shard_fingerprints(store),
+                                     shard_filters=shard_filters)
     meta = dict(
         top_n=top_n, n_users=store.n_users, n_items=n_items, n_shards=store.n_shards,
         chunk_rows=recs.chunk_rows_for(offsets), shard_offsets=offsets, exclude_seen=bool(exclude_seen),
         factors_path=f.path, factor_version=f.version,
         factors_interactions_fingerprint=f.meta.get("interactions_fingerprint"),
         interactions_path=store.path, interactions_fingerprint=store.fingerprint, scoring_token=token,
-        shard_tokens=shard_tokens, score_dtype=str(dtype),
+        shard_tokens=shard_tokens, score_dtype=str(dtype), item_filter=item_filter, user_filter=user_filter,
     )
     target = location(out, storage_options)
     with recs.output_lock(target):
-        return _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtype, t_start)
+        return _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtype, t_start,
+                             filters=(excluded, rows))
 
 
 def _shard_fingerprints(store) -> list[str]:
@@ -453,13 +494,15 @@ def _shard_fingerprints(store) -> list[str]:
     return [f"{store.fingerprint}:{s}" for s in range(store.n_shards)]
 
 
-def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtype, t_start) -> ScoreReport:
+def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtype, t_start,
+                  filters=(None, None)) -> ScoreReport:
     """The part of :func:`score` that reads and writes ``out``: run under its lock."""
     from edlae_dask.diagnostics import StageLog
     from edlae_dask.io import recommendations as recs
 
     n_items, top_n, token, offsets = f.n_items, meta["top_n"], meta["scoring_token"], meta["shard_offsets"]
     exclude_seen = meta["exclude_seen"]
+    excluded, rows = filters
     work, in_place = recs.prepare_output(target, meta=meta, user_ids=store.user_ids(), item_ids=f.item_ids)
     marker = dict(factor_version=f.version, interactions_fingerprint=store.fingerprint, top_n=top_n,
                   scoring_token=token)
@@ -490,13 +533,13 @@ def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtyp
         _ShardJob(interactions_path=store.location, shard=s, start=offsets[s], stop=offsets[s + 1],
                   factors_path=f.location, factor_version=f.version, work_path=work, top_n=top_n,
                   item_block=ib, user_batch=ub, exclude_seen=bool(exclude_seen), marker=marker,
-                  log_here=client is None)
+                  log_here=client is None, rows=None if rows is None else rows[s])
         for s in todo
     ]
     stages = StageLog(client)
     with stages.stage("score", f"{len(jobs)} shards, {sum(j.stop - j.start for j in jobs)} users") as info:
         t0 = time.perf_counter()
-        records = _run_jobs(jobs, client, progress, token)
+        records = _run_jobs(jobs, client, progress, token, excluded)
         score_seconds = time.perf_counter() - t0
         info["shards"] = len(records)
         info["users"] = sum(r["users"] for r in records)
@@ -519,6 +562,119 @@ def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtyp
     return report
 
 
+# --------------------------------------------------------------------------- filters (--items-allow/-deny, --users)
+
+
+def _read_ids(source, dtype: np.dtype, what: str) -> np.ndarray:
+    """Original ids from a file (one a line; blank lines skipped) or an iterable, parsed to ``dtype``.
+
+    Raises InputDataError naming the file and line of the first id that is not of
+    the stores' kind (an integer, within int64 or uint64).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        where = os.fspath(source)
+        with open(where, encoding="utf-8") as fh:
+            texts = [(n, line.strip()) for n, line in enumerate(fh, 1)]
+        texts = [(n, t) for n, t in texts if t]
+    else:
+        where = what
+        texts = [(n, str(v)) for n, v in enumerate(np.asarray(list(source)).ravel().tolist(), 1)]
+    if dtype.kind == "U":
+        return np.array([t for _, t in texts], dtype=str)
+    info = np.iinfo(dtype)
+    vals = []
+    for n, t in texts:
+        try:
+            v = int(t)
+        except ValueError:
+            v = None
+        if v is None or not info.min <= v <= info.max:
+            raise InputDataError(f"{where}, line {n}: {t[:40]!r} is not an integer id the stores can hold ({dtype}); "
+                                 f"{what} must list the stores' ids, one a line")
+        vals.append(v)
+    return np.array(vals, dtype=dtype)
+
+
+def _positions(ids: np.ndarray, wanted: np.ndarray, what: str, where) -> np.ndarray:
+    """Sorted unique indices in ``ids`` of the ``wanted`` ids; unknown ones warned about, none known an error."""
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(len(ids) - 1, 0))
+    found = sorted_ids[pos] == wanted if len(ids) else np.zeros(len(wanted), bool)
+    unknown = wanted[~found]
+    src = os.fspath(where) if isinstance(where, (str, os.PathLike)) else what
+    if len(wanted) and not found.any():
+        raise InputDataError(f"{src}: none of its {len(wanted)} ids is one of the {what} (e.g. "
+                             f"{', '.join(map(str, wanted[:3].tolist()))}): give ids as the interaction store has them")
+    if unknown.size:
+        log.warning("%s: %d of its %d ids are not %s and are ignored (e.g. %s)", src, unknown.size, len(wanted), what,
+                    ", ".join(map(str, unknown[:5].tolist())))
+    return np.unique(order[pos[found]])
+
+
+def _digest(*parts) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(np.ascontiguousarray(p).tobytes() if isinstance(p, np.ndarray) else repr(p).encode())
+    return h.hexdigest()
+
+
+def _item_filter(item_ids: np.ndarray, allow, deny) -> tuple[np.ndarray | None, dict | None]:
+    """The sorted indices of the excluded items, and the store attribute ``item_filter`` (None, None: no filter)."""
+    if allow is None and deny is None:
+        return None, None
+    n = len(item_ids)
+    keep = np.ones(n, dtype=bool)
+    meta = {}
+    if allow is not None:
+        wanted = _read_ids(allow, item_ids.dtype, "the allowed items (--items-allow)")
+        if not len(wanted):
+            raise InputDataError(f"{allow if isinstance(allow, (str, os.PathLike)) else 'items_allow'} lists no item: "
+                                 "nothing could be recommended; give at least one item id, or no allow-list")
+        keep[:] = False
+        keep[_positions(item_ids, wanted, "the factors' items", allow)] = True
+        meta["allowed"] = int(keep.sum())
+    if deny is not None:
+        wanted = _read_ids(deny, item_ids.dtype, "the denied items (--items-deny)")
+        idx = _positions(item_ids, wanted, "the factors' items", deny) if len(wanted) else np.empty(0, np.int64)
+        keep[idx] = False
+        meta["denied"] = int(idx.size)
+    excluded = np.flatnonzero(~keep).astype(np.int64)
+    meta.update(excluded=int(excluded.size), digest=_digest(np.int64(n), excluded))
+    return excluded, meta
+
+
+def _user_filter(store, offsets: list[int], users) -> tuple[list[np.ndarray] | None, dict | None]:
+    """Per shard, the local rows of the selected users, and the store attribute ``user_filter`` (None, None: all)."""
+    if users is None:
+        return None, None
+    user_ids = store.user_ids()
+    wanted = _read_ids(users, user_ids.dtype, "the users to score (--users)")
+    if not len(wanted):
+        raise InputDataError(f"{users if isinstance(users, (str, os.PathLike)) else 'users'} lists no user: give at "
+                             "least one user id, or score without --users")
+    sel = _positions(user_ids, wanted, "the interaction store's users", users)
+    bounds = np.searchsorted(sel, offsets)
+    rows = [(sel[bounds[s] : bounds[s + 1]] - offsets[s]).astype(np.int64) for s in range(len(offsets) - 1)]
+    return rows, {"users": int(sel.size), "digest": _digest(sel)}
+
+
+def _filter_digests(item_filter, rows, user_filter, n_shards: int) -> tuple[str | None, list | None]:
+    """The filters' part of the scoring token and of each shard token (None: no filter, the tokens of old).
+
+    A shard's part holds the item filter and that shard's selected rows only, so a new user list
+    rescores only the shards whose selection changed (the others are carried over).
+    """
+    if item_filter is None and user_filter is None:
+        return None, None
+    items = item_filter["digest"] if item_filter else None
+    whole = _digest(items, user_filter["digest"] if user_filter else None)
+    per_shard = [_digest(items, None if rows is None else rows[s]) for s in range(n_shards)]
+    return whole, per_shard
+
+
 def _check_shards(shards, n_shards: int) -> list[int]:
     if shards is None:
         return list(range(n_shards))
@@ -530,12 +686,17 @@ def _check_shards(shards, n_shards: int) -> list[int]:
     return [int(s) for s in out]
 
 
-def _run_jobs(jobs: list[_ShardJob], client, progress: bool, token: str) -> list[dict]:
-    """One task per shard: distributed futures logged as they finish, or the threaded scheduler."""
+def _run_jobs(jobs: list[_ShardJob], client, progress: bool, token: str, excluded=None) -> list[dict]:
+    """One task per shard: distributed futures logged as they finish, or the threaded scheduler.
+
+    ``excluded`` (the filtered items' indices, up to n_items ints) is one node of the graph that every
+    task depends on, so it is shipped to each worker once rather than embedded in every task.
+    """
     if not jobs:
         return []
     name = f"edlae-score-shard-{token[:12]}-{uuid.uuid4().hex[:8]}"  # side effects: never reuse a result
-    tasks = [dask.delayed(_score_shard, pure=False)(j, dask_key_name=f"{name}-{j.shard:05d}") for j in jobs]
+    excl = None if excluded is None else dask.delayed(excluded, name=f"edlae-score-excluded-{token[:16]}")
+    tasks = [dask.delayed(_score_shard, pure=False)(j, excl, dask_key_name=f"{name}-{j.shard:05d}") for j in jobs]
     if client is None:
         # the scheduler is named in the call, not set in dask.config: that is global, and two runs in
         # threads of one process would leave it changed when their config.set blocks interleave

@@ -7,10 +7,12 @@ directory (a zarr v3 group; for an fsspec URL see "Under a URL" below)::
       attrs: format, format_version, top_n, n_users, n_items, n_shards, chunk_rows,
              shard_offsets, exclude_seen, factors_path, factor_version,
              factors_interactions_fingerprint, interactions_path,
-             interactions_fingerprint, scoring_token, created, code_version
-      items      int32   (n_users, top_n)  indices into item_ids, best first; -1 where not scored yet
-      scores     float32 (n_users, top_n)  (x·U)·Vᵀ of those items; NaN where not scored yet
-                                            (-inf: a user with fewer than top_n unseen items)
+             interactions_fingerprint, scoring_token, created, code_version,
+             item_filter, user_filter (None, or what ``score`` restricted: see below)
+      items      int32   (n_users, top_n)  indices into item_ids, best first; -1 where not scored (yet, or
+                                            not one of the users ``score --users`` selected)
+      scores     float32 (n_users, top_n)  (x·U)·Vᵀ of those items; NaN where not scored
+                                            (-inf: a user with fewer than top_n unseen, allowed items)
       user_ids   int64, uint64 or '<U{maxlen}' (n_users,)  row r is user user_ids[r] (as in the interaction store)
       item_ids   int64, uint64 or '<U{maxlen}' (n_items,)  a copy of the factors' item ids, so that ids
                                                     stay resolvable after that version is pruned
@@ -34,6 +36,14 @@ A scoring run for new inputs (another factor version, interaction store,
 ``.{name}.scoring-{token}`` and moves it to ``RECS`` only once complete, so readers
 of ``RECS`` keep the previous complete recommendations until then, and a killed
 run's sibling is found and resumed by the next run with the same inputs.
+
+Filters (``score --items-allow/--items-deny``, ``--users``) keep the store's shape:
+an excluded item is scored −inf before the top-N, like a seen item, and a user
+outside ``--users`` keeps the unscored row (item -1, score NaN; its chunks are
+never written, as they equal the fill value). The attribute ``item_filter``
+holds the digest and counts of the excluded items, ``user_filter`` the digest and
+count of the selected users; both enter the scoring and shard tokens, so a rerun
+with other filters rescores (only the shards whose selection changed).
 
 Each shard also has a shard token (attribute ``shard_tokens``): a hash of the
 factor version, ``top_n``, ``exclude_seen``, the shard's row range and the
@@ -186,26 +196,36 @@ def chunk_rows_for(shard_offsets) -> int:
 
 
 def scoring_token(*, factor_version: str, n_items: int, interactions_fingerprint: str, shard_offsets,
-                  top_n: int, exclude_seen: bool) -> str:
-    """sha256 hex of everything a store's rows depend on; stores and markers with equal tokens are interchangeable."""
-    payload = json.dumps(
-        [FORMAT_NAME, FORMAT_VERSION, factor_version, int(n_items), interactions_fingerprint,
-         [int(o) for o in shard_offsets], int(top_n), bool(exclude_seen)]
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+                  top_n: int, exclude_seen: bool, filters: str | None = None) -> str:
+    """sha256 hex of everything a store's rows depend on; stores and markers with equal tokens are interchangeable.
+
+    ``filters``: a digest of the item and user filters of ``score`` (None: no filter, and the token is the one
+    stores written before filters existed carry, so they stay valid).
+    """
+    parts = [FORMAT_NAME, FORMAT_VERSION, factor_version, int(n_items), interactions_fingerprint,
+             [int(o) for o in shard_offsets], int(top_n), bool(exclude_seen)]
+    if filters is not None:
+        parts.append(str(filters))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def shard_tokens(*, factor_version: str, n_items: int, shard_fingerprints, shard_offsets, top_n: int,
-                 exclude_seen: bool) -> list[str]:
-    """sha256 hex per shard of everything its rows depend on; equal tokens, interchangeable rows."""
+                 exclude_seen: bool, shard_filters=None) -> list[str]:
+    """sha256 hex per shard of everything its rows depend on; equal tokens, interchangeable rows.
+
+    ``shard_filters``: per shard, a digest of the filters that shape its rows (the item filter and the
+    shard's selected users), or None for none (the token of a store written before filters existed).
+    """
     offsets = [int(o) for o in shard_offsets]
-    return [
-        hashlib.sha256(json.dumps(
-            [FORMAT_NAME, FORMAT_VERSION, factor_version, int(n_items), int(top_n), bool(exclude_seen), str(fp),
-             offsets[s], offsets[s + 1]]
-        ).encode()).hexdigest()
-        for s, fp in enumerate(shard_fingerprints)
-    ]
+    filters = list(shard_filters) if shard_filters is not None else [None] * len(offsets[:-1])
+    tokens = []
+    for s, fp in enumerate(shard_fingerprints):
+        parts = [FORMAT_NAME, FORMAT_VERSION, factor_version, int(n_items), int(top_n), bool(exclude_seen), str(fp),
+                 offsets[s], offsets[s + 1]]
+        if filters[s] is not None:
+            parts.append(str(filters[s]))
+        tokens.append(hashlib.sha256(json.dumps(parts).encode()).hexdigest())
+    return tokens
 
 
 @contextlib.contextmanager

@@ -71,6 +71,7 @@ __all__ = [
     "lock_path",
     "mark_complete",
     "move_into_place",
+    "new_file",
     "open_group",
     "open_lock_file",
     "read_pointer",
@@ -335,6 +336,33 @@ def write_new_file(path, data: bytes, *, overwrite: bool) -> None:
     OutputExistsError
         ``path`` exists and ``overwrite`` is False, or it is a directory.
     """
+    with new_file(path, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def new_file(path, *, overwrite: bool) -> Iterator[str]:
+    """Yield a temporary sibling of the local file ``path`` to write; on success, move it to ``path``.
+
+    For a file written piece by piece (an export streamed shard by shard): the caller
+    writes the yielded path (created empty), and only a whole file ever appears at
+    ``path``. On an exception the temporary file is removed and ``path`` is untouched.
+    The file is fsynced before it is renamed, its folder after.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; its folder is made if need be.
+    overwrite : bool
+        Replace an existing file. False: a file that exists, or that appears while
+        this one is written, is left alone (the rename is a hard link, which fails
+        rather than replace).
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False, or it is a directory.
+    """
     path = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(path)
     if os.path.isdir(path) and not os.path.islink(path):
@@ -342,9 +370,10 @@ def write_new_file(path, data: bytes, *, overwrite: bool) -> None:
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
+        with open(tmp, "xb"):  # made here (never through a planted link), written by the caller
+            pass
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         if overwrite:
             os.replace(tmp, path)
