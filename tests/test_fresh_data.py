@@ -227,3 +227,21 @@ def test_bad_input_is_one_error_line(days, tmp_path):
     # neither --out nor --append
     with pytest.raises(ParameterError, match="either out="):
         ingest(days["day3"])
+
+
+def test_append_under_a_url(tmp_path):
+    """An fsspec store: the append is a new attempt, published by switching CURRENT, and equals a fresh ingest."""
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    pd.DataFrame({"user": [1, 1, 2, 3, 3], "item": [10, 11, 11, 12, 10]}).to_csv(one, index=False)
+    pd.DataFrame({"user": [2, 4, 4, 5], "item": [12, 10, 99, 11]}).to_csv(two, index=False)
+    url = f"memory://fresh-{tmp_path.name}/s.zarr"
+    ingest(one, url, shard_size=2)
+    report = ingest(two, append=url)
+    assert report.shards_written == [0, 1, 2] and report.n_new_users == 2 and report.dropped["unknown_item"] == 1
+    assert "no item the store does not know" not in report.summary()
+    known = tmp_path / "known.csv"  # day two without its row on item 99, which the store does not know
+    pd.DataFrame({"user": [2, 4, 5], "item": [12, 10, 11]}).to_csv(known, index=False)
+    fresh = ingest([one, known], tmp_path / "both.zarr", shard_size=2)
+    appended = open_interactions(url)
+    assert appended.fingerprint == fresh.fingerprint
+    assert appended.attrs["shard_fingerprints"] == open_interactions(fresh.out).attrs["shard_fingerprints"]

@@ -146,9 +146,10 @@ class IngestReport:
         ]
         if self.vocabulary is not None:
             whose = "the store" if self.appended_to is not None else "the model"
-            lines.append(f"items: the {self.n_items:,} of {whose} ({self.vocabulary}); "
-                         f"{self.dropped.get('unknown_item', 0):,} interactions on {self.n_unknown_items:,} items "
-                         f"{whose} does not know were dropped")
+            dropped_rows = self.dropped.get("unknown_item", 0)
+            unknown = (f"{dropped_rows:,} interactions on {self.n_unknown_items:,} items {whose} does not know were "
+                       "dropped") if dropped_rows else f"no item {whose} does not know"
+            lines.append(f"items: the {self.n_items:,} of {whose} ({self.vocabulary}); {unknown}")
         if self.appended_to is not None:
             lines.append(f"appended {self.n_new_users:,} new users; rewrote {len(self.shards_written or []):,} of "
                          f"{self.n_shards} shards (the others are unchanged)")
