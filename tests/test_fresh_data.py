@@ -245,3 +245,21 @@ def test_append_under_a_url(tmp_path):
     appended = open_interactions(url)
     assert appended.fingerprint == fresh.fingerprint
     assert appended.attrs["shard_fingerprints"] == open_interactions(fresh.out).attrs["shard_fingerprints"]
+
+
+def test_an_append_is_refused_while_another_run_writes_the_store(tmp_path):
+    """An append holds the store alone from reading it to publishing: a second writer would lose its rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edlae_dask.errors import OutputExistsError
+    from edlae_dask.io.interactions import claim_output
+
+    one = tmp_path / "one.csv"
+    pd.DataFrame({"user": [1, 2], "item": [10, 11]}).to_csv(one, index=False)
+    store = tmp_path / "s.zarr"
+    ingest(one, store)
+    before = open_interactions(store).fingerprint
+    with claim_output(store, overwrite=True), ThreadPoolExecutor(1) as pool:  # another ingest --overwrite, running
+        with pytest.raises(OutputExistsError, match="another ingest"):
+            pool.submit(ingest, one, append=store).result()
+    assert open_interactions(store).fingerprint == before
