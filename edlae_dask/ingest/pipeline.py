@@ -22,6 +22,16 @@ The pipeline, for files of any size:
 Memory is O(n_users + n_items) for the id maps plus one bucket; disk is about
 8 bytes per kept row in a temporary directory next to ``out`` (removed after).
 
+With a fixed item vocabulary (``items_from``: a model's items; ``append``: the
+store's) the item map starts with those ids as codes ``0..n_items-1`` and never
+grows: a row on another item is counted and dropped in pass 1, before its user
+gets a code, and step 4 keeps every item in its place. ``append`` also starts the
+user map with the store's users (codes = store rows, new users after them), uses
+buckets of whole shards, and in pass 4 reads each old shard back (verified), merges
+the new rows of its users into it (only shards with new entries or new users
+change) and writes the result with the new users' shards as a new store, published
+like any ingest: every shard is exactly what a fresh ingest of all the rows would write.
+
 References
 ----------
 Liang, Krishnan, Hoffman, Jebara. Variational Autoencoders for Collaborative
