@@ -263,3 +263,16 @@ def test_an_append_is_refused_while_another_run_writes_the_store(tmp_path):
         with pytest.raises(OutputExistsError, match="another ingest"):
             pool.submit(ingest, one, append=store).result()
     assert open_interactions(store).fingerprint == before
+
+
+def test_append_with_items_from_checks_the_model_fits_the_store(days, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(days["day2"], store, shard_size=SHARD, items_from=days["factors"])
+    report = ingest(days["day3"], append=store, items_from=days["factors"])  # the same items: fine
+    assert report.n_new_users == 3
+    other = tmp_path / "other.csv"
+    pd.DataFrame({"user": [1, 2], "item": [10, 11]}).to_csv(other, index=False)
+    ingest(other, tmp_path / "other.zarr")
+    line = _error_line(_run("ingest", days["day3"], "--append", tmp_path / "other.zarr", "--items-from",
+                            days["factors"]))
+    assert "the model's items are not those of" in line
