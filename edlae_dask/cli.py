@@ -309,16 +309,16 @@ def cli(ctx, verbose, debug):
 @cli.command(cls=SpecCommand)
 @options_from(IngestOptions)
 @_user_errors
-def ingest(source, out, fmt, user_col, item_col, value_col, min_value, min_user_interactions,
+def ingest(source, out, append, items_from, fmt, user_col, item_col, value_col, min_value, min_user_interactions,
            min_item_interactions, shard_size, chunk_rows, overwrite, storage_options):
-    """Read raw interactions (CSV, Parquet, MovieLens, Netflix, MSD) into an interaction store."""
+    """Read raw interactions (CSV, Parquet, MovieLens, Netflix, MSD) into an interaction store, or add them to one."""
     from edlae_dask.ingestion import ingest as run_ingest
 
     report = run_ingest(
         list(source) if len(source) > 1 else source[0], out, fmt=fmt, user_col=user_col, item_col=item_col,
         value_col=value_col, min_value=min_value, min_user_interactions=min_user_interactions,
         min_item_interactions=min_item_interactions, shard_size=shard_size, chunk_rows=chunk_rows,
-        overwrite=overwrite, storage_options=storage_options,
+        overwrite=overwrite, items_from=items_from, append=append, storage_options=storage_options,
     )
     click.echo(report.summary())
 

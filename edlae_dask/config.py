@@ -356,7 +356,18 @@ class IngestOptions:
     """``edlae-dask ingest``."""
 
     source: tuple[str, ...] = option(argument=True, many=True, required=True, kind=INPUT)
-    out: str = option(required=True, kind=PATH, help="Interaction store to write (a directory).")
+    out: str | None = option(None, kind=PATH, help="Interaction store to write (a directory); or use --append.")
+    append: str | None = option(
+        None, kind=INPUT,
+        help="Add the source's interactions to this existing interaction store instead of writing --out: new users "
+             "after the old ones, new items of old users in their rows, repeats collapsed; the store's items are "
+             "kept (interactions on others are dropped and counted); only the changed shards are rebuilt, so "
+             "`score` rescores only those.")
+    items_from: str | None = option(
+        None, kind=INPUT,
+        help="Factor store (from `edlae-dask train`): the store's items are exactly the model's, in its order, so "
+             "`score` can use that model on new data; interactions on items the model does not know are dropped "
+             "and counted. Not with --min-item-interactions.")
     fmt: str = option("auto", flag="--format", choices=INGEST_FORMATS)
     user_col: str = option("user", help="Column holding user ids (csv/parquet).")
     item_col: str = option("item", help="Column holding item ids (csv/parquet).")
@@ -365,7 +376,7 @@ class IngestOptions:
     min_value: float | None = option(None, help="Keep rows with value >= this (e.g. 3.5 for MovieLens).")
     min_user_interactions: int = option(1)
     min_item_interactions: int = option(1)
-    shard_size: int = option(100_000, help="Users per shard.")
+    shard_size: int | None = option(None, help="Users per shard (default 100000; with --append: the store's).")
     chunk_rows: int = option(1_000_000, help="Rows read at a time.")
     overwrite: bool = option(False, help="Replace an existing interaction store at --out.")
     storage: StorageOptions = group(StorageOptions)

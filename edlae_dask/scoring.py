@@ -353,9 +353,10 @@ def _check_same_items(f, store) -> None:
     raise InputDataError(
         f"the factors at {f.path} (version {f.version}, {a.shape[0]} items) and the interaction store at "
         f"{store.path} ({b.shape[0]} items) disagree on item ids: {detail}. Scores index items by the factors' "
-        "rows, so the interaction store must hold exactly the factors' items in the same order: score the store "
-        f"the factors were trained on (fingerprint {str(f.meta.get('interactions_fingerprint', '?'))[:16]}), or "
-        "retrain on the new interactions"
+        "rows, so the interaction store must hold exactly the factors' items in the same order: ingest the new "
+        f"interactions with `edlae-dask ingest SOURCE --out STORE --items-from {f.path}` (the model's items, unknown "
+        "ones dropped), score the store the factors were trained on (fingerprint "
+        f"{str(f.meta.get('interactions_fingerprint', '?'))[:16]}), or retrain on the new interactions"
     )
 
 

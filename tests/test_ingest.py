@@ -1,4 +1,4 @@
-"""Specification of ingest (edlae_dask.ingest): formats, filters, ids, errors."""
+"""Specification of ingest (edlae_dask.ingestion): formats, filters, ids, errors."""
 
 import gzip
 import json

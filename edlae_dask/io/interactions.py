@@ -717,7 +717,7 @@ def _tidy(target: str) -> None:
     """Recover and remove what killed runs left beside ``target`` (call it only while no other run writes it)."""
     recover_aside(target, ours=_replaceable_dir)
     parent, name = os.path.split(target)
-    # the temporary store of write_interactions_from_shards, the spill folder of edlae_dask.ingest
+    # the temporary store of write_interactions_from_shards, the spill folder of edlae_dask.ingestion
     temporary = re.compile(rf"\.{re.escape(name)}\.(tmp-[0-9a-f]{{32}}|ingest-[a-z0-9_]+)")
     remove_leftovers(parent, temporary, ours=_ours_or_bare)
     if os.path.lexists(target):  # an aside whose replacement is in place: the old store, no longer needed
