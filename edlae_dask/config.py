@@ -38,6 +38,9 @@ DTYPES = ("float32", "float64")
 #: How the scalable path ranks candidate neighbours: the co-occurrence count ``G_aj``, or its
 #: cosine ``G_aj / sqrt(G_aa·G_jj)`` (which favours less popular items).
 NEIGHBOR_SCORES = ("count", "cosine")
+#: Most passes of the eigensolver a run may ask for: the measured defaults use 3 (subspace) and 11 (block Krylov,
+#: benchmarks/results/eigen-defaults.md); far more only makes a job run for days.
+MAX_POWER_ITER = 100
 #: Default K of the scalable path; its accuracy against the dense path on real data is in
 #: benchmarks/results/design-notes.md and scalable-accuracy-*.md. The teacher costs K³ per item, so larger
 #: K is for smaller catalogues.
@@ -301,10 +304,11 @@ class TrainParams:
             not isinstance(self.block_size, numbers.Integral) or not 1 <= self.block_size <= MAX_BLOCK_SIZE
         ):
             raise bad("block_size", f"an int in [1, {MAX_BLOCK_SIZE}] or None", self.block_size)
-        for name in ("n_oversamples", "n_power_iter"):
+        for name, most in (("n_oversamples", None), ("n_power_iter", MAX_POWER_ITER)):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, numbers.Integral) or v < 0):
-                raise bad(name, "an int >= 0 or None (chosen by measurement)", v)
+            if v is not None and (not isinstance(v, numbers.Integral) or v < 0 or (most is not None and v > most)):
+                limit = f" and <= {most} (each pass is a product with the n x n student matrix)" if most else ""
+                raise bad(name, f"an int >= 0{limit}, or None (chosen by measurement)", v)
         if self.path not in TRAINING_PATHS:
             raise bad("path", f"one of {TRAINING_PATHS}", self.path)
         if not isinstance(self.neighbors, numbers.Integral) or isinstance(self.neighbors, bool) or self.neighbors < 1:

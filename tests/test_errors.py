@@ -304,6 +304,14 @@ def test_train_refuses_extreme_lambda_and_p(data, tmp_path, args):
     assert not (tmp_path / "f").exists()
 
 
+def test_train_refuses_an_eigensolver_pass_count_that_would_run_for_days(data, tmp_path):
+    _, store = data
+    line = _error_line(_invoke("train", "--interactions", store, "--out", tmp_path / "f", "--cluster", "threads",
+                               "--power-iters", "100000000"))
+    assert "'n_power_iter' parameter" in line and "<= 100" in line
+    assert not (tmp_path / "f").exists()
+
+
 @pytest.mark.parametrize("args", [["--lam", "20", "1e300"], ["--p", "0.25", "0.9999999"]])
 def test_evaluate_refuses_an_extreme_grid_before_the_work(data, monkeypatch, args):
     _, store = data

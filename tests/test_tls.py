@@ -66,8 +66,9 @@ def tls_address(certs, tmp_path_factory):
                                       start_new_session=True))
 
     try:
+        # --dashboard-address too: without it /health and /metrics are still served, on all interfaces
         start("scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-              "--scheduler-file", str(sched_file), *_tls_args(ours, "node"))
+              "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file), *_tls_args(ours, "node"))
         deadline = time.time() + 60
         while not sched_file.exists() and time.time() < deadline:
             time.sleep(0.2)
@@ -76,7 +77,7 @@ def tls_address(certs, tmp_path_factory):
         address = json.loads(sched_file.read_text())["address"]
         assert address.startswith("tls://127.0.0.1:")
         start("worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--memory-limit", "2GiB",
-              "--no-dashboard", *_tls_args(ours, "node"))
+              "--no-dashboard", "--dashboard-address", "127.0.0.1:0", *_tls_args(ours, "node"))
         yield address
     finally:
         for p in reversed(procs):
