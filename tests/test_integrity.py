@@ -294,3 +294,13 @@ def test_a_shard_object_deleted_from_a_bucket_is_detected_not_read_as_zeros(s3, 
     with pytest.raises(StoreIntegrityError, match=r"shard 1 \(shards/00001\)"):
         read_shard(store.location, 1)
     assert (read_shard(store.location, 0) != X[:20]).nnz == 0
+
+
+def test_recommendations_moved_aside_by_a_killed_publish_are_put_back_by_the_next_score(stores):
+    """A publish killed between its two renames leaves `out` missing and the old store aside: nothing is lost."""
+    s, f, r = stores
+    before = _tree_digest(r)
+    aside = r.parent / f".{r.name}.old-{'0' * 32}"
+    os.replace(r, aside)
+    report = score(str(f), s, str(r), top_n=5)  # the same inputs: the recovered store is complete already
+    assert report.n_users_scored == 0 and _tree_digest(r) == before and not aside.exists()

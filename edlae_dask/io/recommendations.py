@@ -125,11 +125,14 @@ from edlae_dask.io.integrity import damaged, digest, read_verified
 from edlae_dask.io.versioned import (
     StoreFormat,
     Versions,
+    aside_pattern,
     by_created,
     check_format,
     move_into_place,
     open_group,
     open_lock_file,
+    recover_aside,
+    remove_leftovers,
     write_object,
 )
 
@@ -345,6 +348,13 @@ def prepare_output(out, *, meta: dict, user_ids: np.ndarray, item_ids: np.ndarra
     if not loc.is_local:
         return _prepare_version(loc, meta=meta, user_ids=user_ids, item_ids=item_ids)
     target = loc.url
+    # under the output's lock (scoring holds it), so no live run is between the two renames of a publish: one
+    # killed there left the previous store aside and nothing at `out`; put it back, and drop older asides
+    def ours(path):
+        return FORMAT.is_ours(group_attrs(path))
+
+    recover_aside(target, ours=ours)
+    remove_leftovers(os.path.dirname(target), aside_pattern(target), ours=ours)
     existing = _classify_output(target)
     if existing is not None and existing.get("scoring_token") == token:
         return loc, True
