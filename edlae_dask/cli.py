@@ -251,6 +251,9 @@ class SpecCommand(click.Command):
             if spec_file is not None or ctx.params.get("check"):
                 from_spec = {n: ctx.get_parameter_source(n) == ParameterSource.DEFAULT_MAP for n in ctx.params}
                 check_inputs(self.name, ctx.params, sources=from_spec, spec_file=spec_file)
+                model = {o.name for o in options_of(TrainParams)}
+                if model <= set(ctx.params):  # the model's value ranges too: `--check` says what the run would
+                    build(TrainParams, {name: ctx.params[name] for name in model}).validate()
             return rest
         except _PASS_THROUGH:
             raise

@@ -182,3 +182,9 @@ def test_check_without_a_spec_validates_the_flags(tmp_path, store):
     assert ok.exit_code == 0 and yaml.safe_load(ok.output)["interactions"] == str(store)
     missing = _invoke("train", "--interactions", tmp_path / "nowhere.zarr", "--out", tmp_path / "f", "--check")
     assert missing.exit_code == 1 and "nowhere.zarr' does not exist" in missing.stderr
+
+
+def test_check_refuses_what_the_run_would_refuse(tmp_path, store):
+    r = _invoke("train", "--interactions", store, "--out", tmp_path / "f", "--p", "1.5", "--check")
+    assert r.exit_code == 1 and "'p' parameter" in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "f").exists()
