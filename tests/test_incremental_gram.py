@@ -37,7 +37,7 @@ def _incremental(store, ck, dtype="float64", block=16):
     ctx = StageContext(client=None, stages=None, block_size=block, checkpoint_dir=ck)
     info: dict = {}
     with dask.config.set(scheduler="threads"):
-        G = incremental_gram(store, partials, ctx, info, store.attrs["shard_fingerprints"]).compute()
+        G = incremental_gram(store, partials, ctx, info, store.attrs["shard_fingerprints"])[0].compute()
     return G, info
 
 
@@ -111,7 +111,42 @@ def test_train_on_an_appended_store_reuses_partials_and_equals_a_fresh_train(tmp
     rerun = train(store2, params=PARAMS, checkpoint_dir=ck)
     detail = rerun.stages["gram"]["detail"]
     assert detail["checkpoint"] == "written" and detail["partials_reused"] == 7 and detail["partials_computed"] == 1
+    assert detail["gram_base"].startswith(str(ck / "gram-"))  # G_old − G_0,old + G_0,new: 3 reads, not 7
     fresh = train(open_interactions(str(tmp_path / "b.zarr")), params=PARAMS)
     np.testing.assert_allclose(rerun.U.compute() @ rerun.V.compute().T, fresh.U.compute() @ fresh.V.compute().T,
                                rtol=1e-10, atol=1e-12)
     shutil.rmtree(ck)
+
+
+def test_a_damaged_earlier_gram_is_not_started_from(tmp_path, caplog):
+    X = clustered_interactions(n_users=200, n_items=40, seed=4)
+    ck = tmp_path / "ck"
+    train(write_interactions(tmp_path / "a.zarr", X, shard_size=SHARD), params=PARAMS, checkpoint_dir=ck)
+    (gram_dir,) = [p for p in ck.iterdir() if p.name.startswith("gram-")]
+    chunk = sorted(p for p in (gram_dir / "G" / "c").rglob("*") if p.is_file())[-1]
+    chunk.write_bytes(chunk.read_bytes()[:-3] + b"xyz")
+    X2 = _changed(X, [195])  # the last group
+    store2 = write_interactions(tmp_path / "b.zarr", X2, shard_size=SHARD)
+    with caplog.at_level(logging.WARNING, logger="edlae_dask"):
+        rerun = train(store2, params=PARAMS, checkpoint_dir=ck)
+    assert "not using it" in caplog.text
+    detail = rerun.stages["gram"]["detail"]
+    assert (detail["gram_base"], detail["partials_reused"], detail["partials_computed"]) == ("", 4, 1)
+    fresh = train(store2, params=PARAMS)
+    np.testing.assert_allclose(rerun.U.compute() @ rerun.V.compute().T, fresh.U.compute() @ fresh.V.compute().T,
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_float32_from_an_earlier_gram_equals_a_fresh_train_on_binary_data(tmp_path):
+    params = TrainParams(**{**PARAMS.__dict__, "dtype": "float32"})
+    X = clustered_interactions(n_users=200, n_items=40, seed=6)
+    ck = tmp_path / "ck"
+    train(write_interactions(tmp_path / "a.zarr", X, shard_size=SHARD), params=params, checkpoint_dir=ck)
+    X2 = sp.vstack([X, clustered_interactions(n_users=10, n_items=40, seed=7)]).tocsr()  # appended users
+    store2 = write_interactions(tmp_path / "b.zarr", X2, shard_size=SHARD)
+    rerun = train(store2, params=params, checkpoint_dir=ck)
+    assert rerun.stages["gram"]["detail"]["gram_base"]
+    fresh = train(store2, params=params)
+    # integer co-occurrence counts: the Gram is exact either way, the factors equal to float32 rounding
+    np.testing.assert_allclose(rerun.U.compute() @ rerun.V.compute().T, fresh.U.compute() @ fresh.V.compute().T,
+                               rtol=1e-4, atol=1e-5)

@@ -213,23 +213,46 @@ def partial_gram(store: InteractionStore, shards, *, block_size: int, dtype=np.f
     return symmetric_from_lower(name, dsk, lower, chunks, dtype)
 
 
-def sum_partials(parts: list[da.Array], *, split_every: int = 4) -> da.Array:
-    """``Σ_g G_g`` of symmetric block dask arrays, lower blocks tree-summed ``split_every`` at a time.
+def _rebase(base: np.ndarray, minus: list, plus: list) -> np.ndarray:
+    """``base − Σ minus + Σ plus`` for one block (a new array: ``base`` may be a read-only chunk)."""
+    out = np.array(base, copy=True)
+    for m in minus:
+        out -= m
+    for q in plus:
+        out += q
+    return out
 
-    Only the lower blocks of each part are read (upper ones of the result are
-    transposes). The order of the sum differs from :func:`gram`'s when groups were
-    reused: equal in float64 for integer-valued X below 2⁵³, to rounding otherwise.
+
+def sum_partials(parts: list[da.Array], *, split_every: int = 4, base: da.Array | None = None,
+                 minus: list[da.Array] = ()) -> da.Array:
+    """``Σ_g G_g`` (or ``base − Σ minus + Σ parts``) of symmetric block dask arrays; lower blocks only.
+
+    Without ``base`` the parts' lower blocks are tree-summed ``split_every`` at a time.
+    With ``base`` (the Gram of an earlier store) each lower block is
+    ``base − Σ minus + Σ parts`` in one task: the partials of the groups that left
+    and of those that came in, so only ``1 + len(minus) + len(parts)`` matrices are
+    read instead of one per group. Upper blocks of the result are transposes.
+
+    The order of the sum differs from :func:`gram`'s: equal exactly when every
+    partial sum is an integer the dtype holds exactly (binary or count data: float64
+    below 2⁵³, float32 below 2²⁴), to rounding otherwise (with ``base``, a
+    difference of two rounded sums: errors of the earlier store's Gram carry over).
     """
-    if not parts:
+    if not parts and base is None:
         raise ParameterError("no partial Gram to sum")
-    chunks = parts[0].chunks[0]
-    dtype = parts[0].dtype
-    token = tokenize([p.name for p in parts], split_every)
+    first = base if base is not None else parts[0]
+    chunks, dtype = first.chunks[0], first.dtype
+    token = tokenize([p.name for p in parts], split_every, None if base is None else base.name,
+                     [m.name for m in minus])
     name, sum_name = f"edlae-gram-{token}", f"edlae-gram-sum-{token}"
     dsk: dict = {}
     lower = {}
     for i in range(len(chunks)):
         for j in range(i + 1):
             keys = [(p.name, i, j) for p in parts]
-            lower[(i, j)] = tree_sum(dsk, sum_name, keys, split_every=split_every, suffix=(i, j))
-    return symmetric_from_lower(name, dsk, lower, chunks, dtype, dependencies=parts)
+            if base is None:
+                lower[(i, j)] = tree_sum(dsk, sum_name, keys, split_every=split_every, suffix=(i, j))
+            else:
+                lower[(i, j)] = (_rebase, (base.name, i, j), [(m.name, i, j) for m in minus], keys)
+    deps = [*parts, *minus, *([] if base is None else [base])]
+    return symmetric_from_lower(name, dsk, lower, chunks, dtype, dependencies=deps)

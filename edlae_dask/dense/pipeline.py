@@ -59,7 +59,10 @@ def run_dense(store, params, ctx):
             return {"G": ctx.persist(gram(store, block_size=block, dtype=dtype))}
         partials = GramPartials(ctx.checkpoint_dir, n_items=n, dtype=dtype.name, block_size=block,
                                 storage_options=ctx.storage_options)
-        return {"G": incremental_gram(store, partials, ctx, info, shard_fps)}
+        G, group_fps = incremental_gram(store, partials, ctx, info, shard_fps)
+        # the whole Gram's checkpoint records its groups, so a later store's Gram can start from it
+        checkpoints.extra_attrs["gram"] = {"group_fingerprints": group_fps}
+        return {"G": G}
 
     def compute_inverse(P):
         C = ctx.persist(inverse(P))
@@ -114,27 +117,50 @@ def run_dense(store, params, ctx):
     return PathResult(U=U, V=V, eig=eig)
 
 
-def incremental_gram(store, partials, ctx, info: dict, shard_fps: list) -> da.Array:
+def incremental_gram(store, partials, ctx, info: dict, shard_fps: list) -> tuple[da.Array, list[str]]:
     """G = Σ_g G_g over fixed groups of :data:`GROUP_SIZE` shards, reusing checkpointed partials; persisted.
 
-    A group whose shards' fingerprints match a checkpointed partial Gram is read back
-    (verified block by block); the others are computed from their shards, written
-    (lower blocks, with checksums) in the same pass as the sum, and committed once the sum
-    is in memory. A partial found damaged while read is recomputed: the pass is redone
-    with that group computed. Cost: Σ_{u in changed groups} d_u² operations, plus reading
-    n²·itemsize/2 bytes per reused group; memory: the sum's n² plus the blocks in flight.
+    Two ways to reuse, the cheaper chosen (both compute the groups no partial matches):
 
-    ``info`` (the stage record) gets ``partials_reused``, ``partials_computed``,
-    ``shards_reused`` and ``shards_computed``.
+    - from partials: a group whose shards' fingerprints match a checkpointed partial Gram
+      is read back (verified block by block): one n²/2 read per reused group;
+    - from an earlier Gram (:meth:`GramPartials.base`, the whole-Gram checkpoint of an
+      earlier store sharing the most groups): ``G = G_old − Σ_{groups gone} G_g + Σ_{groups new} G_g``,
+      ``1 + #gone`` reads whatever the number of groups — taken when that is fewer reads.
+
+    Groups computed are written as partials (lower blocks, with checksums) in the same pass
+    as the sum and committed once the sum is in memory. A checkpoint found damaged while read
+    is not used: the pass is redone without it. Cost: Σ_{u in computed groups} d_u² operations
+    plus the reads; memory: the sum's n² plus the blocks in flight.
+
+    Returns G and the group fingerprints. ``info`` (the stage record) gets ``partials_reused``
+    (groups not recomputed, either way), ``partials_computed``, ``shards_reused``,
+    ``shards_computed`` and ``gram_base`` (the earlier Gram started from, or "").
     """
+    from collections import Counter
+
     groups = shard_groups(store.n_shards, GROUP_SIZE)
     fps = [partials.fingerprint([shard_fps[s] for s in g]) for g in groups]
     broken: set[int] = set()
+    use_base = True
     while True:
-        parts, writes, handles = [], [], []
-        reused = []
+        parts, writes, handles, reused, minus = [], [], [], [], []
+        base = partials.base(fps) if use_base else None
+        if base is not None:
+            base_path, base_G, old_fps = base
+            common = Counter(fps) & Counter(old_fps)
+            gone = list((Counter(old_fps) - common).elements())
+            minus = [partials.load(fp) for fp in gone]
+            n_common = sum(common.values())
+            if any(m is None for m in minus) or 1 + len(gone) >= n_common:
+                base, minus = None, []  # cheaper (or only possible) from the partials
+        left = Counter() if base is None else Counter(common)
         for g, shards in enumerate(groups):
-            part = None if g in broken else partials.load(fps[g])
+            if left[fps[g]] > 0:  # in the earlier Gram already
+                left[fps[g]] -= 1
+                reused.append(g)
+                continue
+            part = None if g in broken or base is not None else partials.load(fps[g])
             if part is not None:
                 reused.append(g)
             else:
@@ -143,19 +169,20 @@ def incremental_gram(store, partials, ctx, info: dict, shard_fps: list) -> da.Ar
                 handles.append(handle)
                 writes.append(write)
             parts.append(part)
-        G = sum_partials(parts, split_every=GROUP_SIZE)
+        G = sum_partials(parts, split_every=GROUP_SIZE, base=None if base is None else base_G, minus=minus)
         try:
             G, *written = ctx.persist([G, *writes])
             rows = [ctx.compute(w) for w in written]  # persisted: only the digest lists come back
         except StoreIntegrityError as exc:
             for handle in handles:
                 partials.discard(handle)
-            hit = {g for g in reused if str(partials.path(fps[g])) in str(exc)}
-            if not hit:  # the message should name the partial; if not, recompute every reused one
-                hit = set(reused)
+            log.warning("gram: a checkpoint read is damaged (%s): not using it", exc)
+            if base is not None:  # the earlier Gram or a partial subtracted: go by the partials
+                use_base = False
+                continue
+            hit = {g for g in reused if str(partials.path(fps[g])) in str(exc)} or set(reused)
             if not hit:
                 raise
-            log.warning("gram: a checkpointed partial Gram is damaged (%s): recomputing its group", exc)
             broken |= hit
             continue
         except BaseException:
@@ -166,8 +193,10 @@ def incremental_gram(store, partials, ctx, info: dict, shard_fps: list) -> da.Ar
             partials.commit(handle, r)
         break
     n_reused_shards = sum(len(groups[g]) for g in reused)
-    log.info("gram: reused %d of %d shard groups' partial Grams (%d of %d shards)", len(reused), len(groups),
-             n_reused_shards, store.n_shards)
+    how = f"; from the Gram at {base_path} minus {len(minus)} groups' partials" if base is not None else ""
+    log.info("gram: reused %d of %d shard groups' partial Grams (%d of %d shards)%s", len(reused), len(groups),
+             n_reused_shards, store.n_shards, how)
     info.update(partials_reused=len(reused), partials_computed=len(groups) - len(reused),
-                shards_reused=n_reused_shards, shards_computed=store.n_shards - n_reused_shards)
-    return G
+                shards_reused=n_reused_shards, shards_computed=store.n_shards - n_reused_shards,
+                gram_base="" if base is None else base_path)
+    return G, fps

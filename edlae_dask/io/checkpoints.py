@@ -124,6 +124,9 @@ class StageCheckpoints:
         inverse_inputs = {"gram_fingerprint": gram_fp, "lam": float(lam), "p": float(p)}
         self.inputs = {"gram": gram_inputs, "inverse": inverse_inputs}
         self.fingerprints = {"gram": gram_fp, "inverse": _digest(["inverse", inverse_inputs])}
+        #: more attributes a stage's checkpoint records (not part of its fingerprint): the Gram's group
+        #: fingerprints, so a later store's Gram can start from it (:meth:`GramPartials.base`)
+        self.extra_attrs: dict[str, dict] = {}
 
     def path(self, stage: str) -> Location:
         """Where the checkpoint of ``stage`` for these inputs is (``str()`` of it: its path or URL)."""
@@ -226,8 +229,9 @@ class StageCheckpoints:
             for name, w in writes:
                 checksums[name] = w.compute(scheduler="threads") if client is None else client.compute(w).result()
             # the marker last: a checkpoint without it is never read
-            mark_complete(group, FORMAT.stamp(stage=stage, fingerprint=self.fingerprints[stage],
-                                              inputs=self.inputs[stage], checksums=checksums))
+            mark_complete(group, FORMAT.stamp(self.extra_attrs.get(stage), stage=stage,
+                                              fingerprint=self.fingerprints[stage], inputs=self.inputs[stage],
+                                              checksums=checksums))
             if final.is_local:
                 move_into_place(tmp.url, final.url, check_replaceable=_check_replaceable)
         except BaseException:
@@ -321,6 +325,47 @@ class GramPartials:
                 return None
             lower[(i, j)] = (_read_lower_block, arr, sel, str(digests[(i, j)]), f"checkpoint {path}", (i, j))
         return symmetric_from_lower(name, {}, lower, self.chunks, self.dtype)
+
+    def base(self, group_fingerprints: list[str]) -> tuple[str, da.Array, list[str]] | None:
+        """The whole-Gram checkpoint (of an earlier store) sharing the most groups with ``group_fingerprints``.
+
+        Only a local checkpoint directory is searched; a checkpoint qualifies if it is complete, has
+        this n, dtype and block size, and records its ``group_fingerprints``. Returns ``(path, G, its
+        group fingerprints)`` with ``G`` verified block by block as read, or None.
+        """
+        if not self.location.is_local or not self.root.is_dir():
+            return None
+        want = set(group_fingerprints)
+        best = None
+        for d in sorted(self.root.glob("gram-*")):
+            try:
+                group = open_group(location(str(d)), FORMAT)
+                attrs = check_format(dict(group.attrs), d, FORMAT, complete=True)
+            except StoreFormatError:
+                continue
+            inputs, fps = attrs.get("inputs") or {}, attrs.get("group_fingerprints")
+            if (attrs.get("stage") != "gram" or not isinstance(fps, list)
+                    or [inputs.get(k) for k in ("n_items", "dtype", "block_size")]
+                    != [self.n_items, self.dtype.name, self.block_size]):
+                continue
+            common = len(want & set(fps))
+            if common and (best is None or common > best[0]):
+                best = (common, d, group, attrs, fps)
+        if best is None:
+            return None
+        _, d, group, attrs, fps = best
+        try:
+            arr = get_node(group, "G", f"{d}/G")
+            if not isinstance(arr, zarr.Array) or arr.shape != (self.n_items,) * 2 or arr.dtype != self.dtype:
+                raise StoreFormatError("G is missing or of another shape or dtype")
+            check_plain_array(arr, f"{d}/G", "f", "checkpoint")
+            checksums = attrs.get("checksums")
+            G = verified_blocks(arr, checksums.get("G") if isinstance(checksums, dict) else None,
+                                store=f"checkpoint {d}", array="G", fix="it is recomputed", finite=True)
+        except StoreFormatError as exc:
+            log.warning("not starting the Gram from %s (%s)", d, exc)
+            return None
+        return str(d), G, [str(f) for f in fps]
 
     def writer(self, fingerprint: str, part: da.Array, shard_fingerprints):
         """Start writing ``part``'s lower blocks: return ``(handle, Delayed of the [i, j, digest] rows)``.
