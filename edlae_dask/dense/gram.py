@@ -252,7 +252,8 @@ def sum_partials(parts: list[da.Array], *, split_every: int = 4, base: da.Array 
             keys = [(p.name, i, j) for p in parts]
             if base is None:
                 lower[(i, j)] = tree_sum(dsk, sum_name, keys, split_every=split_every, suffix=(i, j))
-            else:
-                lower[(i, j)] = (_rebase, (base.name, i, j), [(m.name, i, j) for m in minus], keys)
+            else:  # the new groups tree-summed first, so no task holds more than split_every of their blocks
+                plus = [tree_sum(dsk, sum_name, keys, split_every=split_every, suffix=(i, j))] if keys else []
+                lower[(i, j)] = (_rebase, (base.name, i, j), [(m.name, i, j) for m in minus], plus)
     deps = [*parts, *minus, *([] if base is None else [base])]
     return symmetric_from_lower(name, dsk, lower, chunks, dtype, dependencies=deps)
