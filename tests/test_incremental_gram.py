@@ -150,3 +150,29 @@ def test_float32_from_an_earlier_gram_equals_a_fresh_train_on_binary_data(tmp_pa
     # integer co-occurrence counts: the Gram is exact either way, the factors equal to float32 rounding
     np.testing.assert_allclose(rerun.U.compute() @ rerun.V.compute().T, fresh.U.compute() @ fresh.V.compute().T,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_on_distributed_workers_a_damaged_partial_is_recomputed_and_the_earlier_gram_used(tmp_path, client,
+                                                                                          caplog):
+    X = clustered_interactions(n_users=200, n_items=40, seed=8)
+    ck = tmp_path / "ck"
+    train(write_interactions(tmp_path / "a.zarr", X, shard_size=SHARD), params=PARAMS, client=client,
+          checkpoint_dir=ck)
+    X2 = _changed(X, [3])  # group 0 of 5: from the earlier Gram, 1 + 1 reads < 4
+    store2 = write_interactions(tmp_path / "b.zarr", X2, shard_size=SHARD)
+    gone = GramPartials(ck, n_items=40, dtype="float64", block_size=16).fingerprint(
+        open_interactions(str(tmp_path / "a.zarr")).attrs["shard_fingerprints"][:GROUP_SIZE])
+    part = ck / f"partial-gram-{gone[:16]}"
+    chunk = sorted(p for p in (part / "G" / "c").rglob("*") if p.is_file())[0]
+    chunk.write_bytes(chunk.read_bytes()[:-3] + b"xyz")  # the partial the rebase subtracts
+    with caplog.at_level(logging.WARNING, logger="edlae_dask"):
+        rerun = train(store2, params=PARAMS, client=client, checkpoint_dir=ck)
+    assert "not using it" in caplog.text
+    detail = rerun.stages["gram"]["detail"]
+    assert (detail["gram_base"], detail["partials_reused"], detail["partials_computed"]) == ("", 4, 1)
+    again = train(write_interactions(tmp_path / "c.zarr", X, shard_size=SHARD), params=PARAMS, client=client,
+                  checkpoint_dir=ck)  # back to the first store: its whole Gram is reused as it is
+    assert again.stages["gram"]["detail"]["checkpoint"] == "reused"
+    fresh = train(store2, params=PARAMS)
+    np.testing.assert_allclose(rerun.U.compute() @ rerun.V.compute().T, fresh.U.compute() @ fresh.V.compute().T,
+                               rtol=1e-10, atol=1e-12)
