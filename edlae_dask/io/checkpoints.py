@@ -40,6 +40,9 @@ computes only the changed groups'. Each costs about ``n²·itemsize/2`` bytes (l
 blocks only), so ``⌈n_shards / split_every⌉ · n²·itemsize/2`` in all — per shard
 would cost ``split_every`` times more. Partials of groups that no longer exist
 are not removed (they are reused if the same shards come back).
+A whole-Gram checkpoint also records its ``group_fingerprints``, so when few groups
+changed the next store's Gram is ``G_old − Σ_{groups gone} G_g + Σ_{groups new} G_g``
+(:meth:`GramPartials.base`): ``1 + #gone`` matrices read instead of one per unchanged group.
 """
 
 from __future__ import annotations
