@@ -7,6 +7,11 @@ groups are summed by a tree reduction (``split_every`` at a time). Upper blocks
 are transposes of lower ones. No task holds more than ``split_every`` shards and
 the one block it produces, so the n x n matrix never has to fit on one worker.
 
+For incremental retraining (:func:`shard_groups`, :func:`partial_gram`,
+:func:`sum_partials`) the same sum is split into partial Grams
+``G_g = Σ_{s∈g} X_sᵀX_s`` of fixed groups of shards, so a checkpointed ``G_g``
+of a group whose shards did not change is read back instead of recomputed.
+
 Costs: the sparse products take Σ_u d_u² operations (d_u: interactions of user u);
 the result is n²·itemsize bytes spread over the workers.
 """
@@ -21,7 +26,7 @@ from edlae_dask.errors import ParameterError
 from edlae_dask.io.interactions import InteractionStore, read_shard
 from edlae_dask.linalg.graph import item_blocks, symmetric_from_lower, tree_sum
 
-__all__ = ["gram", "item_blocks"]
+__all__ = ["gram", "item_blocks", "partial_gram", "shard_groups", "sum_partials"]
 
 
 def _load_shard_blocks(path: str, s: int, bounds: tuple[int, ...], dtype, rows=None, cols=None) -> tuple[list, list]:
@@ -152,3 +157,103 @@ def gram(store: InteractionStore, *, block_size: int, dtype=np.float32, split_ev
             lower[(i, j)] = tree_sum(dsk, sum_name, keys, split_every=split_every, suffix=(i, j))
     return symmetric_from_lower(name, dsk, lower, chunks, dtype)
 
+
+
+def shard_groups(n_shards: int, group_size: int) -> list[range]:
+    """Fixed groups of shards: group ``g`` is shards ``[g·group_size, (g+1)·group_size)``.
+
+    Stable under appends: shards added at the end only add (or complete the last) group,
+    so the other groups' partial Grams stay valid.
+    """
+    if group_size <= 0:
+        raise ParameterError(f"group_size must be positive, got {group_size}")
+    return [range(a, min(a + group_size, n_shards)) for a in range(0, n_shards, group_size)]
+
+
+def _zeros(shape: tuple[int, int], dtype) -> np.ndarray:
+    return np.zeros(shape, dtype=dtype)
+
+
+def partial_gram(store: InteractionStore, shards, *, block_size: int, dtype=np.float32) -> da.Array:
+    """``G_g = Σ_{s∈shards} X_sᵀX_s``: the partial Gram of a group of shards, as a symmetric block dask array.
+
+    Parameters
+    ----------
+    store : InteractionStore
+    shards : sequence of int
+        The shards of the group (a few: one task per block holds all of them, like
+        the first level of :func:`gram`).
+    block_size : int
+    dtype : numpy dtype, default=float32
+
+    Returns
+    -------
+    G_g : dask.array.Array of shape (n_items, n_items)
+        Chunks ``(item_blocks(n_items, block_size),) * 2``; only the lower blocks are
+        tasks of their own (upper ones are transposes). Cost: Σ_{u in the group} d_u²
+        operations, n²·itemsize/2 bytes for the lower blocks.
+    """
+    dtype = np.dtype(dtype)
+    chunks = item_blocks(store.n_items, block_size)
+    bounds = tuple(np.concatenate([[0], np.cumsum(chunks)]).tolist())
+    offsets = store.shard_offsets
+    shards = [s for s in shards if offsets[s + 1] > offsets[s]]  # an empty shard is not read
+    token = tokenize(store.path, store.fingerprint, block_size, dtype.str, shards)
+    load_name, name = f"edlae-gram-shard-{token}", f"edlae-gram-part-{token}"
+    dsk: dict = {}
+    for s in shards:
+        dsk[(load_name, s)] = (_load_shard_blocks, store.location, s, bounds, dtype)
+    lower = {}  # the tasks themselves: (name, i, j) for i >= j are the lower blocks a checkpoint writes
+    for i in range(len(chunks)):
+        for j in range(i + 1):
+            if shards:
+                lower[(i, j)] = (_gram_block_part, i, j, *[(load_name, s) for s in shards])
+            else:
+                lower[(i, j)] = (_zeros, (chunks[i], chunks[j]), dtype)
+    return symmetric_from_lower(name, dsk, lower, chunks, dtype)
+
+
+def _rebase(base: np.ndarray, minus: list, plus: list) -> np.ndarray:
+    """``base − Σ minus + Σ plus`` for one block (a new array: ``base`` may be a read-only chunk)."""
+    out = np.array(base, copy=True)
+    for m in minus:
+        out -= m
+    for q in plus:
+        out += q
+    return out
+
+
+def sum_partials(parts: list[da.Array], *, split_every: int = 4, base: da.Array | None = None,
+                 minus: list[da.Array] = ()) -> da.Array:
+    """``Σ_g G_g`` (or ``base − Σ minus + Σ parts``) of symmetric block dask arrays; lower blocks only.
+
+    Without ``base`` the parts' lower blocks are tree-summed ``split_every`` at a time.
+    With ``base`` (the Gram of an earlier store) each lower block is
+    ``base − Σ minus + Σ parts`` in one task: the partials of the groups that left
+    and of those that came in, so only ``1 + len(minus) + len(parts)`` matrices are
+    read instead of one per group. Upper blocks of the result are transposes.
+
+    The order of the sum differs from :func:`gram`'s: equal exactly when every
+    partial sum is an integer the dtype holds exactly (binary or count data: float64
+    below 2⁵³, float32 below 2²⁴), to rounding otherwise (with ``base``, a
+    difference of two rounded sums: errors of the earlier store's Gram carry over).
+    """
+    if not parts and base is None:
+        raise ParameterError("no partial Gram to sum")
+    first = base if base is not None else parts[0]
+    chunks, dtype = first.chunks[0], first.dtype
+    token = tokenize([p.name for p in parts], split_every, None if base is None else base.name,
+                     [m.name for m in minus])
+    name, sum_name = f"edlae-gram-{token}", f"edlae-gram-sum-{token}"
+    dsk: dict = {}
+    lower = {}
+    for i in range(len(chunks)):
+        for j in range(i + 1):
+            keys = [(p.name, i, j) for p in parts]
+            if base is None:
+                lower[(i, j)] = tree_sum(dsk, sum_name, keys, split_every=split_every, suffix=(i, j))
+            else:  # the new groups tree-summed first, so no task holds more than split_every of their blocks
+                plus = [tree_sum(dsk, sum_name, keys, split_every=split_every, suffix=(i, j))] if keys else []
+                lower[(i, j)] = (_rebase, (base.name, i, j), [(m.name, i, j) for m in minus], plus)
+    deps = [*parts, *minus, *([] if base is None else [base])]
+    return symmetric_from_lower(name, dsk, lower, chunks, dtype, dependencies=deps)

@@ -7,6 +7,7 @@ inputs finds them and reads them back instead of recomputing them. Layout::
     CHECKPOINTS/
       gram-<fingerprint[:16]>/        zarr v3 group: G (n, n), square chunks of the block size
       inverse-<fingerprint[:16]>/     zarr v3 group: C (n, n), diag_c (n,)
+      partial-gram-<fp[:16]>/     zarr v3 group: G (n, n), only the lower blocks written (GramPartials)
         attrs: format, format_version, stage, fingerprint, inputs, created, code_version, complete
 
 A checkpoint is reused only if its fingerprint matches: a sha256 of the inputs
@@ -29,6 +30,19 @@ or a URL (``s3://bucket/checkpoints``) that each worker opens itself. It costs a
 ``2·n²·itemsize`` bytes of disk (before compression) and is never deleted by
 edlae-dask: remove it once the model is published and no rerun with other k,
 λ or p is planned.
+
+Incremental retraining (:class:`GramPartials`): the Gram is also kept as partial
+Grams ``G_g = Σ_{s∈g} X_sᵀX_s`` of fixed groups of ``split_every`` consecutive
+shards, each keyed by its shards' fingerprints (the interaction store's
+``shard_fingerprints``) and n, dtype, block size. A retrain on a store where only
+some shards changed (``ingest --append``) reads the other groups' partials and
+computes only the changed groups'. Each costs about ``n²·itemsize/2`` bytes (lower
+blocks only), so ``⌈n_shards / split_every⌉ · n²·itemsize/2`` in all — per shard
+would cost ``split_every`` times more. Partials of groups that no longer exist
+are not removed (they are reused if the same shards come back).
+A whole-Gram checkpoint also records its ``group_fingerprints``, so when few groups
+changed the next store's Gram is ``G_old − Σ_{groups gone} G_g + Σ_{groups new} G_g``
+(:meth:`GramPartials.base`): ``1 + #gone`` matrices read instead of one per unchanged group.
 """
 
 from __future__ import annotations
@@ -43,14 +57,17 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import zarr
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from edlae_dask.errors import OutputExistsError, StoreFormatError
 from edlae_dask.io import _fs
 from edlae_dask.io._fs import Location, group_attrs, location
 from edlae_dask.io._plain import check_plain_array, get_node
-from edlae_dask.io.integrity import digest, verified_blocks, write_blocks
+from edlae_dask.io.integrity import damaged, digest, read_verified, verified_blocks, write_blocks
 from edlae_dask.io.versioned import (
     StoreFormat,
     check_format,
@@ -59,6 +76,7 @@ from edlae_dask.io.versioned import (
     open_group,
     remove_leftovers,
 )
+from edlae_dask.linalg.graph import item_blocks, symmetric_from_lower
 
 log = logging.getLogger("edlae_dask.io.checkpoints")
 
@@ -69,7 +87,7 @@ FORMAT = StoreFormat(FORMAT_NAME, FORMAT_VERSION, "checkpoint")
 #: the arrays each stage keeps: name -> "matrix" (n x n, square blocks) or "vector" (n,)
 STAGE_ARRAYS = {"gram": {"G": "matrix"}, "inverse": {"C": "matrix", "diag_c": "vector"}}
 # a local save's temporary directory, and a replaced checkpoint moved aside (both left by a killed run)
-_LEFTOVER = re.compile(rf"\.({'|'.join(STAGE_ARRAYS)})-[0-9a-f]{{16}}\.(tmp|old)-[0-9a-f]{{32}}")
+_LEFTOVER = re.compile(rf"\.({'|'.join([*STAGE_ARRAYS, 'partial-gram'])})-[0-9a-f]{{16}}\.(tmp|old)-[0-9a-f]{{32}}")
 
 
 def _digest(payload) -> str:
@@ -109,6 +127,9 @@ class StageCheckpoints:
         inverse_inputs = {"gram_fingerprint": gram_fp, "lam": float(lam), "p": float(p)}
         self.inputs = {"gram": gram_inputs, "inverse": inverse_inputs}
         self.fingerprints = {"gram": gram_fp, "inverse": _digest(["inverse", inverse_inputs])}
+        #: more attributes a stage's checkpoint records (not part of its fingerprint): the Gram's group
+        #: fingerprints, so a later store's Gram can start from it (:meth:`GramPartials.base`)
+        self.extra_attrs: dict[str, dict] = {}
 
     def path(self, stage: str) -> Location:
         """Where the checkpoint of ``stage`` for these inputs is (``str()`` of it: its path or URL)."""
@@ -211,14 +232,204 @@ class StageCheckpoints:
             for name, w in writes:
                 checksums[name] = w.compute(scheduler="threads") if client is None else client.compute(w).result()
             # the marker last: a checkpoint without it is never read
-            mark_complete(group, FORMAT.stamp(stage=stage, fingerprint=self.fingerprints[stage],
-                                              inputs=self.inputs[stage], checksums=checksums))
+            mark_complete(group, FORMAT.stamp(self.extra_attrs.get(stage), stage=stage,
+                                              fingerprint=self.fingerprints[stage], inputs=self.inputs[stage],
+                                              checksums=checksums))
             if final.is_local:
                 move_into_place(tmp.url, final.url, check_replaceable=_check_replaceable)
         except BaseException:
             tmp.remove()
             raise
         log.info("%s checkpoint written to %s in %.2f s", stage, final, time.perf_counter() - t0)
+
+
+class GramPartials:
+    """Checkpointed partial Grams ``G_g = Σ_{s∈g} X_sᵀX_s`` of groups of shards, keyed by their content.
+
+    Parameters
+    ----------
+    root : str, os.PathLike or Location
+        The checkpoint directory (shared with :class:`StageCheckpoints`), or an fsspec URL.
+    n_items : int
+    dtype : str
+    block_size : int
+    storage_options : dict, optional
+
+    A partial is a zarr group ``partial-gram-<fingerprint[:16]>`` holding ``G`` of shape
+    (n, n), chunks of the block size, of which only the lower blocks (i ≥ j) are
+    written, each with its checksum (``attrs["checksums"]["G"]``: ``[i, j, digest]``
+    rows); ``complete`` last, written under a temporary name and renamed locally.
+    """
+
+    STAGE = "partial-gram"
+
+    def __init__(self, root, *, n_items: int, dtype: str, block_size: int, storage_options=None):
+        self.location = location(root, storage_options)
+        self.root = Path(self.location.url) if self.location.is_local else self.location
+        self.n_items = int(n_items)
+        self.dtype = np.dtype(dtype)
+        self.block_size = int(block_size)
+        self.chunks = item_blocks(self.n_items, self.block_size)
+
+    def inputs(self, shard_fingerprints) -> dict:
+        """What a group's partial depends on: its shards' content fingerprints, n, dtype and block size."""
+        return {"shard_fingerprints": [str(f) for f in shard_fingerprints], "n_items": self.n_items,
+                "dtype": self.dtype.name, "block_size": self.block_size}
+
+    def fingerprint(self, shard_fingerprints) -> str:
+        """sha256 of :meth:`inputs`."""
+        return _digest([self.STAGE, self.inputs(shard_fingerprints)])
+
+    def path(self, fingerprint: str) -> Location:
+        return self.location.join(f"{self.STAGE}-{fingerprint[:16]}")
+
+    def _lower(self):
+        bounds = np.concatenate([[0], np.cumsum(self.chunks)]).astype(int)
+        for i in range(len(self.chunks)):
+            for j in range(i + 1):
+                yield i, j, (slice(int(bounds[i]), int(bounds[i + 1])), slice(int(bounds[j]), int(bounds[j + 1])))
+
+    def load(self, fingerprint: str) -> da.Array | None:
+        """The partial Gram with this fingerprint, its lower blocks verified as the tasks read them; None if absent.
+
+        What can be checked without reading blocks (format, fingerprint, shape, dtype, one
+        checksum per lower block) is checked now; a block damaged on disk raises
+        :class:`StoreIntegrityError` from the task that reads it (the caller then recomputes
+        the group). Cost: n²·itemsize/2 bytes read.
+        """
+        path = self.path(fingerprint)
+        if not (os.path.exists(path.url) if path.is_local else path.join("zarr.json").read_bytes() is not None):
+            return None
+        try:
+            group = open_group(path, FORMAT)
+            attrs = check_format(dict(group.attrs), path, FORMAT, complete=True)
+            for key, want in {"stage": self.STAGE, "fingerprint": fingerprint}.items():
+                if attrs.get(key) != want:
+                    raise StoreFormatError(f"attribute {key!r} is {attrs.get(key)!r}, expected {want!r}")
+            arr = get_node(group, "G", f"{path}/G")
+            if not isinstance(arr, zarr.Array):
+                raise StoreFormatError("the array 'G' is missing")
+            check_plain_array(arr, f"{path}/G", "f", "checkpoint")
+            n = self.n_items
+            if arr.shape != (n, n) or arr.dtype != self.dtype:
+                raise StoreFormatError(f"G is {arr.dtype} {arr.shape}, expected {self.dtype} {(n, n)}")
+            rows = (attrs.get("checksums") or {}).get("G") if isinstance(attrs.get("checksums"), dict) else None
+            digests = {(r[0], r[1]): r[2] for r in rows or () if isinstance(r, list) and len(r) == 3}
+            if len(digests) != len(self.chunks) * (len(self.chunks) + 1) // 2:
+                raise StoreFormatError("the checksums of G's lower blocks are missing")
+        except StoreFormatError as exc:
+            log.warning("ignoring the partial Gram at %s (%s): recomputing it", path, exc)
+            return None
+        name = f"edlae-read-gram-part-{fingerprint[:32]}"
+        lower = {}
+        for i, j, sel in self._lower():
+            if (i, j) not in digests:
+                log.warning("ignoring the partial Gram at %s (block %d,%d has no checksum): recomputing it", path, i, j)
+                return None
+            lower[(i, j)] = (_read_lower_block, arr, sel, str(digests[(i, j)]), f"checkpoint {path}", (i, j))
+        return symmetric_from_lower(name, {}, lower, self.chunks, self.dtype)
+
+    def base(self, group_fingerprints: list[str]) -> tuple[str, da.Array, list[str]] | None:
+        """The whole-Gram checkpoint (of an earlier store) sharing the most groups with ``group_fingerprints``.
+
+        Only a local checkpoint directory is searched; a checkpoint qualifies if it is complete, has
+        this n, dtype and block size, and records its ``group_fingerprints``. Returns ``(path, G, its
+        group fingerprints)`` with ``G`` verified block by block as read, or None.
+        """
+        if not self.location.is_local or not self.root.is_dir():
+            return None
+        want = set(group_fingerprints)
+        best = None
+        for d in sorted(self.root.glob("gram-*")):
+            try:
+                group = open_group(location(str(d)), FORMAT)
+                attrs = check_format(dict(group.attrs), d, FORMAT, complete=True)
+            except StoreFormatError:
+                continue
+            inputs, fps = attrs.get("inputs") or {}, attrs.get("group_fingerprints")
+            if (attrs.get("stage") != "gram" or not isinstance(fps, list)
+                    or [inputs.get(k) for k in ("n_items", "dtype", "block_size")]
+                    != [self.n_items, self.dtype.name, self.block_size]):
+                continue
+            common = len(want & set(fps))
+            if common and (best is None or common > best[0]):
+                best = (common, d, group, attrs, fps)
+        if best is None:
+            return None
+        _, d, group, attrs, fps = best
+        try:
+            arr = get_node(group, "G", f"{d}/G")
+            if not isinstance(arr, zarr.Array) or arr.shape != (self.n_items,) * 2 or arr.dtype != self.dtype:
+                raise StoreFormatError("G is missing or of another shape or dtype")
+            check_plain_array(arr, f"{d}/G", "f", "checkpoint")
+            checksums = attrs.get("checksums")
+            G = verified_blocks(arr, checksums.get("G") if isinstance(checksums, dict) else None,
+                                store=f"checkpoint {d}", array="G", fix="it is recomputed", finite=True)
+        except StoreFormatError as exc:
+            log.warning("not starting the Gram from %s (%s)", d, exc)
+            return None
+        return str(d), G, [str(f) for f in fps]
+
+    def writer(self, fingerprint: str, part: da.Array, shard_fingerprints):
+        """Start writing ``part``'s lower blocks: return ``(handle, Delayed of the [i, j, digest] rows)``.
+
+        Compute the Delayed together with whatever else uses ``part`` (its blocks are then
+        computed once), then :meth:`commit` or :meth:`discard` the handle.
+        """
+        final = self.path(fingerprint)
+        if final.is_local:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.location.join(f".{final.name}.tmp-{uuid.uuid4().hex}")
+        else:
+            tmp = final
+        group = tmp.open_group("w-" if tmp.is_local else "w")
+        arr = group.create_array("G", shape=part.shape, dtype=part.dtype, fill_value=np.nan,
+                                 chunks=(self.block_size, self.block_size))
+        token = f"{fingerprint[:32]}-{uuid.uuid4().hex[:8]}"  # one write per run, never merged with another's
+        name = f"edlae-write-gram-part-{token}"
+        dsk = {}
+        keys = []
+        for i, j, sel in self._lower():
+            dsk[(name, i, j)] = (_write_lower_block, arr, sel, (part.name, i, j), i, j)
+            keys.append((name, i, j))
+        final_key = f"edlae-write-gram-part-digests-{token}"
+        dsk[final_key] = (list, keys)
+        graph = HighLevelGraph.from_collections(final_key, dsk, dependencies=[part])
+        return (tmp, group, final, fingerprint, self.inputs(shard_fingerprints)), Delayed(final_key, graph)
+
+    def commit(self, handle, rows: list) -> None:
+        """Mark a written partial complete (with its checksums) and move it into place."""
+        tmp, group, final, fingerprint, inputs = handle
+        try:
+            mark_complete(group, FORMAT.stamp(stage=self.STAGE, fingerprint=fingerprint, inputs=inputs,
+                                              checksums={"G": [list(r) for r in rows]}))
+            if final.is_local:
+                move_into_place(tmp.url, final.url, check_replaceable=_check_replaceable)
+        except BaseException:
+            tmp.remove()
+            raise
+
+    @staticmethod
+    def discard(handle) -> None:
+        """Remove what a failed write left."""
+        handle[0].remove()
+
+
+def _write_lower_block(arr, sel: tuple, block: np.ndarray, i: int, j: int) -> list:
+    """Write one lower block of a partial Gram; return ``[i, j, digest]``. Runs on a worker."""
+    block = np.asarray(block)
+    arr[sel] = block
+    return [i, j, digest(block)]
+
+
+def _read_lower_block(arr, sel: tuple, expected: str, store: str, index: tuple) -> np.ndarray:
+    """Read one lower block of a partial Gram, verified against its checksum (NaN: a chunk missing)."""
+    part = f"block {index[0]},{index[1]}"
+    fix = "it is recomputed"
+    out = read_verified(arr, expected, store=store, array="G", part=part, fix=fix, selection=sel)
+    if not np.isfinite(out).all():
+        raise damaged(store, "G", part, "holds NaN or infinite values", fix)
+    return out
 
 
 def _ours_or_bare(path: str) -> bool:
