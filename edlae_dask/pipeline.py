@@ -79,8 +79,10 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
         Dense path: write the Gram and the inverse there as they are computed, and
         reuse those whose fingerprint (interaction store, dtype, block size; λ, p
         for the inverse) matches, so a killed job resumes after its last finished
-        stage (:mod:`edlae_dask.io.checkpoints`). Must be visible to every worker; costs
-        about 2·n²·itemsize bytes of disk. ``None``: no checkpoints. May be a URL.
+        stage (:mod:`edlae_dask.io.checkpoints`); also each group of shards' partial Gram,
+        so a retrain after an append recomputes only the changed groups. Must be visible to
+        every worker; costs about 2·n²·itemsize bytes of disk plus ⌈shards/4⌉·n²·itemsize/2 for
+        the partials. ``None``: no checkpoints. May be a URL.
     storage_options : dict, optional
         fsspec options for the stores given as URLs (default: fsspec's defaults and
         environment). The tasks carry them, so the workers open the stores themselves.
