@@ -10,9 +10,9 @@ cluster's workers when a distributed client is the default)::
 
     cv = StrongGeneralizationCV(n_heldout=600, n_test=600, seed=0)
     search = GridSearchCV(EDLAE(k=100), {"lam": [10, 100], "p": [0.1, 0.3]}, cv=cv,
-                          scoring=fold_in_scorer(seed=0), refit=False)
+                          scoring=fold_in_scorer(seed=0))
     search.fit(X)                  # X: scipy.sparse, users × items
-    search.best_params_
+    search.best_params_, search.cv_results_["mean_test_score"]
 
 The protocol is :mod:`~edlae_dask.evaluation.split`'s, reused, not re-implemented:
 
@@ -33,7 +33,8 @@ an interaction store holding the rows of ``X`` in the same order.
 Differences from :class:`~edlae_dask.evaluation.Evaluator` to know: each candidate fit computes its own Gram
 (the Evaluator shares one across the grid), and one candidate is one task holding the whole matrix and its
 n × n matrices in one worker, so this suits matrices that fit a worker; ``GridSearchCV``'s ``refit=True``
-retrains on every row of ``X`` (test users included): pass ``refit=False`` and train the chosen point on the
+retrains on every row of ``X`` (test users included); to keep test users unseen, pass ``refit=False`` (dask-ml
+then has no ``best_params_``: the chosen point is ``cv_results_["rank_test_score"] == 1``) and train it on the
 training users, or hold test users out of ``X``.
 """
 
