@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 
@@ -34,6 +35,13 @@ from edlae_dask.topn import top_n
 log = logging.getLogger("edlae_dask.model")
 
 _DEFAULT = TrainParams()
+
+# Fits on Dask's threaded scheduler, one at a time per process. They choose that scheduler with dask.config,
+# which is process-wide, not per thread: concurrent fits (grid-search candidates in the threads of one worker,
+# or of a threaded search in a process whose default scheduler is a distributed client) would restore each
+# other's setting mid-run and send part of a graph elsewhere ("Missing dependency"). Each fit already uses
+# every core of its threaded scheduler, so little is lost. Reentrant: a matrix fit calls fit on its store.
+_LOCAL_FITS = threading.RLock()
 
 
 class EDLAE:
@@ -193,10 +201,14 @@ class EDLAE:
             # its own graphs on threads in this worker: the worker's client would submit them to the cluster
             # and block this task's thread on them, and with every worker thread held by such fits none would
             # be left to run them (a deadlock)
-            with dask.config.set(scheduler="threads"):
+            with _LOCAL_FITS, dask.config.set(scheduler="threads"):
                 return self._fit(X, params, out=out, overwrite=overwrite, client=None, progress=progress,
                                  storage_options=storage_options, item_ids=item_ids)
         client = client if client is not None else current_client()
+        if client is None:
+            with _LOCAL_FITS:
+                return self._fit(X, params, out=out, overwrite=overwrite, client=None, progress=progress,
+                                 storage_options=storage_options, item_ids=item_ids)
         return self._fit(X, params, out=out, overwrite=overwrite, client=client, progress=progress,
                          storage_options=storage_options, item_ids=item_ids)
 

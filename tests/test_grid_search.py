@@ -133,12 +133,13 @@ def test_scorer_drops_items_unseen_in_training(X):
 @pytest.mark.timeout(240)  # dask-ml retries a failed candidate forever: fail rather than hang
 def test_grid_search_on_a_distributed_client(X, client):
     # candidate fits run as tasks on the workers; inside them EDLAE.fit uses threads, not the worker's client
-    # (compared with the oracle, not with a threaded search in this process: concurrent fits in threads of a
-    # process whose default scheduler is a distributed client race on dask.config's process-wide scheduler
-    # setting, a known limitation reported with this change)
     gs = search().fit(X)
     assert isinstance(gs.best_estimator_, EDLAE)
     train, held = next(StrongGeneralizationCV(n_heldout=N_HELD, n_test=N_TEST, seed=SEED).split(X))
     expected = np.array([oracle_ndcg100(X, train, held, **pt) for pt in points()])
     np.testing.assert_allclose(gs.cv_results_["mean_test_score"], expected, atol=1e-6)
     assert gs.best_params_ == points()[int(np.argmax(expected))]
+    # a threaded search in this process while the client is the default one: concurrent fits must not undo
+    # each other's scheduler setting (dask.config is process-wide; model._LOCAL_FITS serializes them)
+    ref = search(scheduler="threads").fit(X)
+    np.testing.assert_allclose(ref.cv_results_["mean_test_score"], expected, atol=1e-6)
