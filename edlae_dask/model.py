@@ -17,9 +17,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 
+import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +35,13 @@ from edlae_dask.topn import top_n
 log = logging.getLogger("edlae_dask.model")
 
 _DEFAULT = TrainParams()
+
+# Fits on Dask's threaded scheduler, one at a time per process. They choose that scheduler with dask.config,
+# which is process-wide, not per thread: concurrent fits (grid-search candidates in the threads of one worker,
+# or of a threaded search in a process whose default scheduler is a distributed client) would restore each
+# other's setting mid-run and send part of a graph elsewhere ("Missing dependency"). Each fit already uses
+# every core of its threaded scheduler, so little is lost. Reentrant: a matrix fit calls fit on its store.
+_LOCAL_FITS = threading.RLock()
 
 
 class EDLAE:
@@ -78,6 +87,9 @@ class EDLAE:
         Seconds and peak memory of each stage.
     version_ : str or None
         The published factor version when fit with ``out``.
+    item_counts_ : ndarray of shape (n_items,)
+        Training interactions per item; set by a fit on a matrix (the fold-in scorer of
+        :mod:`edlae_dask.evaluation.cv` keeps only items seen in training).
 
     Examples
     --------
@@ -184,7 +196,23 @@ class EDLAE:
         client's workers, other processes, must read it), removed when ``fit`` returns.
         """
         params = TrainParams(**self.get_params()).validate()
+        if client is None and _in_worker_task():
+            # a fit that is itself one task of a Dask graph (e.g. a candidate of dask-ml's GridSearchCV) runs
+            # its own graphs on threads in this worker: the worker's client would submit them to the cluster
+            # and block this task's thread on them, and with every worker thread held by such fits none would
+            # be left to run them (a deadlock)
+            with _LOCAL_FITS, dask.config.set(scheduler="threads"):
+                return self._fit(X, params, out=out, overwrite=overwrite, client=None, progress=progress,
+                                 storage_options=storage_options, item_ids=item_ids)
         client = client if client is not None else current_client()
+        if client is None:
+            with _LOCAL_FITS:
+                return self._fit(X, params, out=out, overwrite=overwrite, client=None, progress=progress,
+                                 storage_options=storage_options, item_ids=item_ids)
+        return self._fit(X, params, out=out, overwrite=overwrite, client=client, progress=progress,
+                         storage_options=storage_options, item_ids=item_ids)
+
+    def _fit(self, X, params, *, out, overwrite, client, progress, storage_options, item_ids) -> "EDLAE":
         if _is_matrix(X):
             return self._fit_matrix(X, params, item_ids=item_ids, out=out, overwrite=overwrite, client=client,
                                     progress=progress, storage_options=storage_options)
@@ -205,13 +233,23 @@ class EDLAE:
         self.item_ids_ = np.asarray(res.item_ids)
         self.stages_ = res.stages
         self.version_ = res.version
+        self.__dict__.pop("item_counts_", None)  # a matrix fit sets it again; a store's would be stale
         self._forget_cache()
         return self
 
     def _fit_matrix(self, X, params, *, item_ids, out, overwrite, client, progress, storage_options):
+        X = sp.csr_matrix(X)
+        # training interactions per item: the strong-generalization scorer keeps only the items seen in training
+        # (edlae_dask.evaluation.cv.fold_in_scorer); set after the nested fit, which clears fitted state it owns
+        counts = np.bincount(X.indices[X.data != 0], minlength=X.shape[1])
+        fitted = self._fit_matrix_store(X, item_ids=item_ids, out=out, overwrite=overwrite, client=client,
+                                        progress=progress, storage_options=storage_options)
+        fitted.item_counts_ = counts
+        return fitted
+
+    def _fit_matrix_store(self, X, *, item_ids, out, overwrite, client, progress, storage_options):
         from edlae_dask.io.interactions import write_interactions
 
-        X = sp.csr_matrix(X)
         if client is None:
             import fsspec
 
@@ -439,6 +477,19 @@ class EDLAE:
         S[np.arange(q.size), q] = -np.inf
         idx, scores = top_n(S, N)
         return self.item_ids_[idx], scores
+
+
+def _in_worker_task() -> bool:
+    """Whether this code runs inside a task on a ``distributed`` worker."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return False
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def _is_matrix(X) -> bool:

@@ -8,6 +8,8 @@
   lists as Dask graphs over item blocks.
 - :mod:`.objectives`: the eq.-14 / eq.-15 objectives, the numerical optimum of
   eq. 14, and the Proposition's bound on any k-bottleneck autoencoder.
+- :mod:`.cv`: :class:`~.cv.StrongGeneralizationCV` and :func:`~.cv.fold_in_scorer`, the protocol for
+  scikit-learn / dask-ml ``GridSearchCV`` over :class:`~edlae_dask.model.EDLAE` on a matrix.
 - :mod:`.search`: :class:`Evaluator` (split + shared Gram, reused) and
   :func:`evaluate` (the (λ, p) grid chosen on validation users, reported on test users).
 

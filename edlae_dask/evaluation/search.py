@@ -39,6 +39,10 @@ does not fit this protocol, for four reasons:
    chosen point; GridSearchCV's ``refit`` retrains on everything it was given
    (train + validation users), a different protocol.
 
+(For a matrix that fits one worker, dask-ml's ``GridSearchCV`` does run this protocol on EDLAE itself,
+one candidate fit per task, with :mod:`~edlae_dask.evaluation.cv`'s user splitter and fold-in scorer; it
+chooses the same point as :func:`evaluate` on the same split, without the shared Gram.)
+
 So the grid is written here: every (λ, p) point is one small pipeline over the
 same persisted Gram (P = G + Λ lazily, then its own inverse, teacher, student
 eigensolves and held-out scoring), and the points run in threads on the client

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from edlae_dask.errors import ParameterError
 
-__all__ = ["HeldOut", "Split", "resolve_count", "strong_generalization_split"]
+__all__ = ["HeldOut", "Split", "fold_in_target", "resolve_count", "strong_generalization_split", "user_groups"]
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,44 @@ def _fold_in_target(X: sp.csr_matrix, rng: np.random.Generator, min_items: int, 
     return keep, fold_in, targets
 
 
+def user_groups(n_users: int, n_valid: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted (train, valid, test) user indices of :func:`strong_generalization_split` for ``seed``.
+
+    The one definition of the user permutation, shared with
+    :class:`~edlae_dask.evaluation.cv.StrongGeneralizationCV` so that its first fold is
+    this function's validation group (counts already resolved, ``n_valid + n_test < n_users``).
+    """
+    users_seq = np.random.SeedSequence(int(seed)).spawn(3)[0]
+    perm = np.random.default_rng(users_seq).permutation(int(n_users))
+    test_users = np.sort(perm[:n_test]).astype(np.int64)
+    valid_users = np.sort(perm[n_test : n_test + n_valid]).astype(np.int64)
+    train_users = np.sort(perm[n_test + n_valid :]).astype(np.int64)
+    return train_users, valid_users, test_users
+
+
+def fold_in_target(rows, seed: int, *, group: str = "valid", min_items: int = 5, target_fraction: float = 0.2):
+    """The fold-in / target rule of :func:`strong_generalization_split`, for held-out rows given directly.
+
+    Parameters
+    ----------
+    rows : scipy.sparse matrix of shape (n_heldout, n_kept_items)
+        Held-out users' rows, in sorted user order, restricted to the kept items.
+    seed : int
+        The split's seed; with ``group`` it selects the same random stream as the split's group.
+    group : {"valid", "test"}, default="valid"
+    min_items, target_fraction
+        As in :func:`strong_generalization_split`.
+
+    Returns
+    -------
+    keep : ndarray of bool, of shape (n_heldout,)
+        The evaluated rows (>= ``min_items`` entries).
+    fold_in, targets : scipy.sparse.csr_matrix of shape (keep.sum(), n_kept_items)
+    """
+    seq = np.random.SeedSequence(int(seed)).spawn(3)[{"valid": 1, "test": 2}[group]]
+    return _fold_in_target(sp.csr_matrix(rows, copy=True), np.random.default_rng(seq), min_items, target_fraction)
+
+
 def strong_generalization_split(store, *, n_valid=0.1, n_test=0.1, seed: int = 0, min_items: int = 5,
                                 target_fraction: float = 0.2, client=None) -> Split:
     """Split the users of an interaction store for strong generalization (Liang et al. 2018).
@@ -240,11 +278,8 @@ def strong_generalization_split(store, *, n_valid=0.1, n_test=0.1, seed: int = 0
             f"n_valid + n_test = {nv} + {nt} held-out users leave no training user among the store's {n} users; "
             "lower them"
         )
-    users_seq, valid_seq, test_seq = np.random.SeedSequence(int(seed)).spawn(3)
-    perm = np.random.default_rng(users_seq).permutation(n)
-    test_users = np.sort(perm[:nt]).astype(np.int64)
-    valid_users = np.sort(perm[nt : nt + nv]).astype(np.int64)
-    train_users = np.sort(perm[nt + nv :]).astype(np.int64)
+    train_users, valid_users, test_users = user_groups(n, nv, nt, seed)
+    _, valid_seq, test_seq = np.random.SeedSequence(int(seed)).spawn(3)
 
     held = np.sort(np.concatenate([valid_users, test_users]))
     H = _read_rows(store, held, client)
