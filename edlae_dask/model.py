@@ -30,6 +30,7 @@ from edlae_dask.config import TrainParams
 from edlae_dask.errors import ParameterError
 from edlae_dask.linalg.graph import current_client
 from edlae_dask.pipeline import train
+from edlae_dask.scoring import top_n_scores
 from edlae_dask.topn import top_n
 
 log = logging.getLogger("edlae_dask.model")
@@ -363,14 +364,16 @@ class EDLAE:
         ids : ndarray of shape (n_users, N)
             Original item ids (from ``item_ids_``), best first; equal scores by the lower item
             index (:mod:`edlae_dask.topn`, the rule of ``edlae-dask score``).
-        scores : ndarray of shape (n_users, N), the factors' dtype
-            ``(x·U)·Vᵀ``. Seen, excluded and not-allowed items score ``−inf``; a row with fewer
+        scores : ndarray of shape (n_users, N), float32
+            ``(x·U)·Vᵀ``, computed in the factors' dtype and returned as float32, as the batch scorer
+            stores them. Seen, excluded and not-allowed items score ``−inf``; a row with fewer
             than ``N`` eligible items ends in such ``−inf`` entries, which are not recommendations.
 
         Notes
         -----
-        Scores are formed in the factors' dtype as one dense (n_users × n_items) block, so
-        pass users in batches of a size that fits memory. Cost: 2·nnz·k + 2·n_users·n_items·k flops.
+        Runs the batch scorer's kernel (:func:`edlae_dask.scoring.top_n_scores`): scores are formed
+        one block of users × items at a time (32 MiB), so memory is x·U and the running top-N, not a
+        users × items matrix. Cost: 2·nnz·k + 2·n_users·n_items·k flops.
         """
         U, V = self._factors()
         n_items = U.shape[0]
@@ -382,18 +385,15 @@ class EDLAE:
         return self.item_ids_[idx], scores
 
     def _top_n(self, X, U, V, N, filter_seen, items, exclude):
-        # the factors' dtype throughout, as scoring.top_n_scores, so the two give the same lists
-        dtype = np.result_type(U.dtype, np.float32)
-        S = np.asarray(X.astype(dtype) @ U) @ V.T
-        if filter_seen:
-            S[X.nonzero()] = -np.inf
+        # the batch scorer's own kernel (streaming over item blocks, the one top-N rule): `recommend` and
+        # `edlae-dask score` give the same lists by construction, and no users × items block is held
+        excluded = [] if exclude is None else [self._indices(exclude)[0]]
         if items is not None:
-            allowed = np.zeros(S.shape[1], dtype=bool)
+            allowed = np.zeros(U.shape[0], dtype=bool)
             allowed[self._indices(items)[0]] = True
-            S[:, ~allowed] = -np.inf
-        if exclude is not None:
-            S[:, self._indices(exclude)[0]] = -np.inf
-        return top_n(S, N)
+            excluded.append(np.flatnonzero(~allowed))
+        exclude_items = np.unique(np.concatenate(excluded)).astype(np.int64) if excluded else None
+        return top_n_scores(X, U, V, N, exclude_seen=filter_seen, exclude_items=exclude_items)
 
     def recommend_ids(self, histories: Mapping, N: int = 10, *, filter_seen: bool = True, items=None,
                       exclude=None):
