@@ -10,9 +10,9 @@ The estimates, with ``l`` the eigensolver's panel width and ``s`` the itemsize:
 
 ====================  ===========================================================
 dense path            ``2.3·n²·s`` (G or M, and C) ``+ 8·n·l·s`` (panels)
-scalable path         ``3·12·nnz·workers`` (X, Xᵀ, shards on every worker)
-                      ``+ (8·workers + 16)·n·K`` (neighbour lists, B, Bᵀ)
-                      ``+ (5·n + 2·users)·l·s`` (eigensolver panels)
+scalable path         per worker, with ``w`` workers and ``f`` its share of the shards:
+                      ``3·12·nnz·f`` (its X_s, X_sᵀ) ``+ (24/w + 8)·n·K`` (neighbour
+                      lists, B, Bᵀ) ``+ (3·n + 5·n/w + users·f)·l·s`` (panels)
 ====================  ===========================================================
 
 Their measured peaks against these estimates are in ``benchmarks/results/`` (table1,
@@ -22,6 +22,7 @@ scalable-scale).
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
@@ -48,18 +49,24 @@ def dense_memory_estimate(n_items: int, k: int, itemsize: int, n_oversamples: in
 
 
 def scalable_memory_estimate(n_items: int, n_users: int, nnz: int, k: int, neighbors: int, itemsize: int,
-                             n_workers: int = 1, n_oversamples: int | None = None) -> int:
-    """Bytes the scalable path holds at its peak, across the cluster (an estimate).
+                             n_workers: int = 1, n_oversamples: int | None = None, n_shards: int | None = None) -> int:
+    """Bytes one worker of the scalable path holds at its peak (an estimate).
 
-    X, Xᵀ and the shards (12 bytes an interaction each) on every worker; the neighbour
-    lists and B and Bᵀ (8 bytes an entry each, the lists on every worker); about five
-    n × l and two users × l panels of the eigensolver. The measured peaks against it are
-    in ``benchmarks/results/scalable-scale.md``.
+    The path is partitioned (:mod:`edlae_dask.scalable.pipeline`): a worker holds its
+    share of the user shards, X_s and X_sᵀ (12 bytes an interaction each, and a
+    transient copy while a shard is transposed); its share of the neighbour lists, B
+    and Bᵀ (8 bytes an entry each) plus the neighbour lists one teacher block names
+    (at most all of them); the three n × l panels each product broadcasts, its share
+    of the eigensolver's five row-blocked n × l panels and its shards' users × l panel.
+    A share is ⌈shards / workers⌉ shards (``n_shards`` unknown: 1 / workers). The
+    measured peaks against it are in ``benchmarks/results/`` (scale-out, scalable-scale).
     """
+    w = max(1, n_workers)
+    share = math.ceil(n_shards / w) / n_shards if n_shards else 1 / w
     l = min(n_items, k + (n_oversamples if n_oversamples is not None else max(10, k)))
-    interactions = 3 * 12 * nnz * max(1, n_workers)
-    sparse_model = (8 * max(1, n_workers) + 2 * 8) * n_items * neighbors
-    panels = (5 * n_items + 2 * n_users) * l * itemsize
+    interactions = 3 * 12 * nnz * share
+    sparse_model = (24 / w + 8) * n_items * neighbors
+    panels = (3 * n_items + 5 * n_items / w + n_users * share) * l * itemsize
     return int(interactions + sparse_model + panels)
 
 
@@ -120,14 +127,16 @@ def choose_path(store, params, total_bytes: int, n_workers: int, worker_bytes: i
         log.info("path: scalable (auto), because the dense path's n x n matrices need about %.1f GiB, more than "
                  "the %.1f GiB usable", dense_need / 2**30, budget / 2**30)
     need = scalable_memory_estimate(n, store.n_users, store.nnz, params.k, min(params.neighbors, n - 1), itemsize,
-                                    n_workers, params.n_oversamples)
-    if need > budget:
+                                    n_workers, params.n_oversamples, getattr(store, "n_shards", None))
+    per_worker = int(USABLE_MEMORY * worker_bytes)
+    if need > per_worker:
         raise MemoryBudgetError(
-            f"the scalable path needs about {need / 2**30:.1f} GiB for {store.n_users} users x {n} items "
-            f"({store.nnz} interactions, K={params.neighbors} neighbours, k={params.k}), but the cluster offers "
-            f"{total_bytes / 2**30:.1f} GiB over {n_workers} workers (75 % usable: {budget / 2**30:.1f} GiB). "
-            "Lower --neighbors or --k, use --dtype float32, or add memory."
+            f"the scalable path needs about {need / 2**30:.1f} GiB on each of {n_workers} workers for "
+            f"{store.n_users} users x {n} items ({store.nnz} interactions, K={params.neighbors} neighbours, "
+            f"k={params.k}), but the smallest worker has {worker_bytes / 2**30:.1f} GiB (75 % usable: "
+            f"{per_worker / 2**30:.1f} GiB). Lower --neighbors or --k, use --dtype float32, add workers (the "
+            "interactions are spread over them), or give each worker more memory."
         )
-    log.info("path: scalable: K=%d neighbours per item; estimated peak memory %.2f GiB of %.2f GiB usable",
-             min(params.neighbors, n - 1), need / 2**30, budget / 2**30)
+    log.info("path: scalable: K=%d neighbours per item; estimated peak memory %.2f GiB per worker of %.2f GiB usable",
+             min(params.neighbors, n - 1), need / 2**30, per_worker / 2**30)
     return "scalable", need

@@ -66,6 +66,23 @@ def task(stage: str, func, *args):
     return dask.delayed(func, pure=True)(*args, dask_key_name=f"edlae-{stage}-{tokenize(func.__name__, *args)}")
 
 
+def tree_reduce(stage: str, func, parts: list, *, split_every: int = 4):
+    """A delayed ``func(*group)`` over ``parts``, ``split_every`` at a time, down to one result.
+
+    ``func`` must be associative over its arguments (a sum); no task takes more than
+    ``split_every`` parts, so a reduction over every user shard never lands on one
+    task, and the depth is ⌈log_{split_every}(len(parts))⌉. Keys are ``edlae-{stage}-{token}``.
+    A single part is returned as it is.
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("tree_reduce needs at least one part")
+    while len(parts) > 1:
+        parts = [task(stage, func, *parts[g: g + split_every]) if len(parts[g: g + split_every]) > 1
+                 else parts[g] for g in range(0, len(parts), split_every)]
+    return parts[0]
+
+
 def symmetric_from_lower(name: str, dsk: dict, lower: dict, chunks: tuple[int, ...], dtype,
                          dependencies=()) -> da.Array:
     """Dask array of a symmetric matrix given the tasks of its lower blocks.

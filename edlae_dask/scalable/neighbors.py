@@ -1,9 +1,14 @@
 """Stage ``neighbors``: each item's K strongest co-occurring items, one item block at a time.
 
-For a block of items I the rows ``G[I, :] = Xᵀ[I] · X`` are formed sparse (their
-size is bounded by Σ_{j∈I} Σ_{u∋j} |x_u|, which :func:`balanced_item_blocks`
-keeps under a budget), the top K entries of each row are kept and the rest is
-dropped, so ``XᵀX`` is never held whole.
+For a block of items I the rows of the Gram are a sum over the user shards s,
+
+    G[I, :] = Σ_s X_sᵀ[I] · X_s                    (tree-summed, :func:`gram_rows`)
+
+each term formed sparse on the worker that holds shard s; the sum's size is bounded
+by Σ_{j∈I} Σ_{u∋j} |x_u| (:func:`row_products_bound`, itself a sum over shards),
+which :func:`balanced_item_blocks` keeps under a budget. The top K entries of each
+row are kept and the rest is dropped, so ``XᵀX`` is never held whole and no task
+reads more than one shard.
 """
 
 from __future__ import annotations
@@ -16,11 +21,27 @@ from edlae_dask.errors import ParameterError
 
 
 def row_products_bound(X: sp.csr_matrix, XT: sp.csr_matrix) -> np.ndarray:
-    """Upper bound on the stored entries of each row of XᵀX: w_j = Σ_{u∋j} |x_u| (int64, shape (n,))."""
+    """Upper bound on the stored entries of each row of XᵀX: w_j = Σ_{u∋j} |x_u| (int64, shape (n,)).
+
+    A sum over users: the bound of the whole X is the sum of its shards' bounds.
+    """
     user_nnz = np.diff(X.indptr).astype(np.int64)
     # Xᵀ·(row lengths) with a pattern-only product, so values play no part
     pattern = sp.csr_matrix((np.ones(XT.nnz, dtype=np.int64), XT.indices, XT.indptr), shape=XT.shape)
     return np.asarray(pattern @ user_nnz, dtype=np.int64)
+
+
+def gram_rows(xt_shard: sp.csr_matrix, x_shard: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
+    """One shard's term ``X_sᵀ[a:b] · X_s`` of the Gram rows a..b (sparse, shape (b − a, n))."""
+    return (xt_shard[a:b] @ x_shard).tocsr()
+
+
+def sum_sparse(*parts: sp.csr_matrix) -> sp.csr_matrix:
+    """The sum of equally shaped sparse blocks (CSR, duplicates summed)."""
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out.tocsr()
 
 
 def balanced_item_blocks(bound: np.ndarray, budget: int, max_items: int) -> list[tuple[int, int]]:

@@ -1,12 +1,18 @@
-"""The scalable path end to end, as Dask graphs over the interaction shards.
+"""The scalable path end to end, as Dask graphs partitioned by user shard and item block.
 
-    load        X by user shards, Xᵀ (items × users) and diag(XᵀX)
-    neighbors   S_j, G[S_j, j] for every item, by item blocks of bounded work
-    teacher     Bᵀ rows (b_S = (P_SS)⁻¹ G_Sj), then B by item rows
+    load        X_s and X_sᵀ per user shard (a task each, on the worker that reads it);
+                diag(XᵀX) and the Gram rows' work bound as tree sums over shards
+    neighbors   S_j, G[S_j, j] per item block: G[I, :] = Σ_s X_sᵀ[I]·X_s, tree-summed
+    teacher     per item row block J: b_S = (P_SS)⁻¹ G_Sj from the neighbour lists its
+                sets name (one piece per (J, I) block pair); Bᵀ[J, :], then B[I, :]
+                from the (I, J) pieces of the Bᵀ blocks
     eigensolve  V = eig_k(BᵀPB) matrix-free (:class:`StudentOperator`), U = B·V
 
-Memory grows with nnz(X)·(copies per worker) + n·K (B, Bᵀ and the neighbour
-Gram) + the n × l panels of the eigensolver; no n × n matrix is formed.
+No task reads more than one shard and no worker is sent all interactions: a worker
+holds its shards (about 2·12·nnz/workers bytes), its share of the neighbour lists, B
+and Bᵀ (8·n·K bytes each over all workers), the neighbour lists one teacher block
+names (at most 8·n·K), and the eigensolver's broadcast n × l panels
+(:func:`edlae_dask.planning.scalable_memory_estimate`). No n × n matrix is formed.
 """
 
 from __future__ import annotations
@@ -19,11 +25,18 @@ import scipy.sparse as sp
 
 from edlae_dask.io.interactions import read_shard
 from edlae_dask.linalg import randomized_eigh
-from edlae_dask.linalg.graph import task
+from edlae_dask.linalg.graph import sum_blocks, task, tree_reduce
 from edlae_dask.runtime import PathResult
-from edlae_dask.scalable.neighbors import balanced_item_blocks, row_products_bound, top_neighbors
+from edlae_dask.scalable.neighbors import balanced_item_blocks, gram_rows, row_products_bound, sum_sparse, top_neighbors
 from edlae_dask.scalable.operator import StudentOperator
-from edlae_dask.scalable.teacher import teacher_transpose, teacher_weights
+from edlae_dask.scalable.teacher import (
+    exact_gram_of_sets,
+    graph_rows,
+    needed_items,
+    solve_exact,
+    teacher_transpose,
+    teacher_weights,
+)
 
 log = logging.getLogger("edlae_dask.scalable")
 
@@ -47,15 +60,12 @@ def load_shard(path: str, s: int, dtype) -> sp.csr_matrix:
     return read_shard(path, s).astype(dtype, copy=False)
 
 
-def stack_users(*shards: sp.csr_matrix) -> sp.csr_matrix:
-    return sp.vstack(shards, format="csr")
-
-
 def transpose(x: sp.csr_matrix) -> sp.csr_matrix:
     return x.T.tocsr()
 
 
 def gram_diagonal(xt: sp.csr_matrix) -> np.ndarray:
+    """One shard's term of diag(XᵀX) (float64, shape (n,))."""
     return np.asarray(xt.multiply(xt).sum(axis=1), dtype=np.float64).ravel()
 
 
@@ -63,34 +73,60 @@ def rows_of(x: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
     return x[a:b]
 
 
-def neighbors_of_block(xt: sp.csr_matrix, x: sp.csr_matrix, a: int, b: int, K: int, diag_g: np.ndarray,
-                       score: str) -> tuple[np.ndarray, np.ndarray]:
-    return top_neighbors(xt[a:b] @ x, a, K, diag_g, score)
+def hstack_csr(*blocks: sp.csr_matrix) -> sp.csr_matrix:
+    return sp.hstack(blocks, format="csr")
 
 
-def stack_neighbors(*parts) -> tuple[np.ndarray, np.ndarray]:
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+def neighbor_rows(a: int, b: int, starts: tuple, *parts) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour lists of items a..b from the neighbour blocks ``parts`` that overlap them (starting at ``starts``)."""
+    nbrs, g = [], []
+    for first, (nb, gb) in zip(starts, parts):
+        lo, hi = max(a, first) - first, min(b, first + nb.shape[0]) - first
+        nbrs.append(nb[lo:hi])
+        g.append(gb[lo:hi])
+    return np.concatenate(nbrs), np.concatenate(g)
 
 
-def teacher_rows(xt, nbrs, a: int, b: int, p_diag: np.ndarray, dtype) -> tuple[sp.csr_matrix, int]:
-    w, n_exact = teacher_weights(nbrs[0], nbrs[1], xt, p_diag, np.arange(a, b))
-    return teacher_transpose(nbrs[0][a:b], w, xt.shape[0], dtype), n_exact
+def block_needs(nbrs: tuple, first: int) -> np.ndarray:
+    return needed_items(nbrs[0], first)
 
 
-def first(pair):
-    return pair[0]
+def graph_piece(nbrs: tuple, first: int, wanted: np.ndarray) -> tuple:
+    return graph_rows(nbrs[0], nbrs[1], first, wanted)
 
 
-def second(pair):
-    return pair[1]
+def teacher_block(nbrs: tuple, first: int, p_diag: np.ndarray, *pieces) -> tuple:
+    """Teacher weights of the items of one row block from the graph pieces its sets need.
+
+    Returns (weights, failed, sets of failed, rhs of failed) (see :func:`teacher_weights`).
+    """
+    rows = np.concatenate([p[0] for p in pieces])
+    w, failed = teacher_weights(np.concatenate([p[1] for p in pieces]), np.concatenate([p[2] for p in pieces]),
+                                p_diag, np.arange(first, first + nbrs[0].shape[0]), rows=rows)
+    return w, failed, nbrs[0][failed], nbrs[1][failed]
 
 
-def count_exact(*counts: int) -> int:
-    return int(sum(counts))
+def both(*parts) -> tuple:
+    """Several small results as one (a single round trip to the client)."""
+    return parts
 
 
-def transpose_blocks(*bt_rows: sp.csr_matrix) -> sp.csr_matrix:
-    return sp.vstack(bt_rows, format="csr").T.tocsr()
+def pick(t: tuple, i: int):
+    return t[i]
+
+
+def failures(out: tuple) -> tuple:
+    return out[1], out[2], out[3]
+
+
+def with_exact(out: tuple, solved: np.ndarray) -> np.ndarray:
+    w = out[0].copy()
+    w[out[1]] = solved
+    return w
+
+
+def teacher_bt(nbrs: tuple, weights: np.ndarray, n: int, dtype) -> sp.csr_matrix:
+    return teacher_transpose(nbrs[0], weights, n, dtype)
 
 
 # ----------------------------------------------------------------------------- the path
@@ -107,17 +143,22 @@ def run_scalable(store, params, ctx) -> PathResult:
     K = min(int(params.neighbors), n - 1)
     chunks = row_blocks(n, ctx.n_workers)
     bounds = np.concatenate([[0], np.cumsum(chunks)]).tolist()
+    blocks = list(zip(bounds[:-1], bounds[1:]))
     ratio = params.p / (1.0 - params.p)
     path = store.location  # URL and storage options: each worker reads its shard itself
     stages = ctx.stages
 
-    with stages.stage("load", f"X and Xᵀ from {store.n_shards} shards"):
-        shards = [task("load-shard", load_shard, path, s, dtype) for s in range(store.n_shards)]
-        x = task("load-x", stack_users, *shards)
-        xt = task("load-xt", transpose, x)
-        *shards, x, xt = ctx.persist([*shards, x, xt])
-        diag_g = ctx.compute(task("load-diag", gram_diagonal, xt))
-        bound = ctx.compute(task("load-bound", row_products_bound, x, xt))
+    with stages.stage("load", f"{store.n_shards} user shards and their transposes, a task each"):
+        x = [task("load-shard", load_shard, path, s, dtype) for s in range(store.n_shards)]
+        xt = [task("load-shard-t", transpose, xs) for xs in x]
+        persisted = ctx.persist([*x, *xt])
+        x, xt = persisted[: len(x)], persisted[len(x):]
+        diag_g, bound = ctx.compute(task(
+            "load-stats", both,
+            tree_reduce("load-diag", sum_blocks, [task("load-diag-part", gram_diagonal, t) for t in xt]),
+            tree_reduce("load-bound", sum_blocks, [task("load-bound-part", row_products_bound, a, t)
+                                                   for a, t in zip(x, xt)]),
+        ))
     lam_diag = params.lam + ratio * diag_g
     p_diag = diag_g + lam_diag
     # n-vectors every task of a stage reads: one key each, sent to a worker once, not
@@ -125,33 +166,44 @@ def run_scalable(store, params, ctx) -> PathResult:
     diag_g_d, p_diag_d = ctx.persist([task("diag-g", np.asarray, diag_g), task("diag-p", np.asarray, p_diag)],
                                      progress=False)
 
-    budget = NEIGHBOR_TASK_ENTRIES
-    nblocks = balanced_item_blocks(bound, budget, max_items=8192)
+    nblocks = balanced_item_blocks(bound, NEIGHBOR_TASK_ENTRIES, max_items=8192)
     with stages.stage("neighbors",
                       f"top-{K} co-occurring items ({params.neighbor_score}) in {len(nblocks)} blocks") as info:
-        parts = [task("neighbors", neighbors_of_block, xt, x, a, b, K, diag_g_d, params.neighbor_score)
-                 for a, b in nblocks]
-        nbrs = ctx.persist(task("neighbors-stack", stack_neighbors, *parts))
+        parts = []
+        for a, b in nblocks:
+            rows = tree_reduce("neighbors-gram", sum_sparse,
+                               [task("neighbors-gram-part", gram_rows, t, xs, a, b) for t, xs in zip(xt, x)])
+            parts.append(task("neighbors", top_neighbors, rows, a, K, diag_g_d, params.neighbor_score))
+        starts = [a for a, _ in nblocks]
+        nbrs = []
+        for a, b in blocks:
+            over = [i for i, (na, nb) in enumerate(nblocks) if na < b and nb > a]
+            nbrs.append(task("neighbors-rows", neighbor_rows, a, b, tuple(starts[i] for i in over),
+                             *[parts[i] for i in over]))
+        nbrs = ctx.persist(nbrs)
         del parts
         info.update(K=K, blocks=len(nblocks), gram_products=int(bound.sum()))
     with stages.stage("teacher", f"b_S = (P_SS)⁻¹ G_Sj for {n} items, K={K}") as info:
-        blocks = list(zip(bounds[:-1], bounds[1:]))
-        out = [task("teacher", teacher_rows, xt, nbrs, a, b, p_diag_d, dtype) for a, b in blocks]
-        bt_rows = [task("teacher-bt", first, o) for o in out]
-        n_exact = task("teacher-exact", count_exact, *[task("teacher-exact-part", second, o) for o in out])
-        b_full = task("teacher-b", transpose_blocks, *bt_rows)
-        b_rows = [task("teacher-b-rows", rows_of, b_full, a, b) for a, b in blocks]
-        xt_rows = [task("teacher-xt-rows", rows_of, xt, a, b) for a, b in blocks]
-        nb = len(chunks)
-        persisted = ctx.persist([*bt_rows, *b_rows, *xt_rows, n_exact])
-        bt_rows, b_rows, xt_rows = persisted[:nb], persisted[nb: 2 * nb], persisted[2 * nb: 3 * nb]
-        n_exact = int(ctx.compute(persisted[-1]))
-        del nbrs, x, xt, out, b_full, persisted
+        needs = [task("teacher-needs", block_needs, nb, a) for nb, (a, _) in zip(nbrs, blocks)]
+        out = []
+        for nb_j, (a, _), need in zip(nbrs, blocks, needs):
+            pieces = [task("teacher-graph", graph_piece, nb_i, a_i, need) for nb_i, (a_i, _) in zip(nbrs, blocks)]
+            out.append(task("teacher", teacher_block, nb_j, a, p_diag_d, *pieces))
+        out = ctx.persist(out)
+        fails = ctx.compute(task("teacher-failed", both, *[task("teacher-failed-part", failures, o) for o in out]))
+        weights, n_exact = _exact_where_needed(out, fails, x, p_diag_d, ctx)
+        bt_rows = [task("teacher-bt", teacher_bt, nb, w, n, dtype) for nb, w in zip(nbrs, weights)]
+        b_cols = [task("teacher-b-cols", transpose, bt) for bt in bt_rows]
+        b_rows = [task("teacher-b", hstack_csr, *[task("teacher-b-piece", rows_of, c, a, b) for c in b_cols])
+                  for a, b in blocks]
+        persisted = ctx.persist([*bt_rows, *b_rows])
+        bt_rows, b_rows = persisted[: len(blocks)], persisted[len(blocks):]
+        del nbrs, needs, out, weights, b_cols, persisted
         info.update(nnz_b=int(n * K), exact_p_ss=n_exact)
         if n_exact:
             log.info("teacher: %d of %d items had a masked P_SS that was not positive definite; "
                      "their P_SS was formed exactly from the interactions", n_exact, n)
-    operator = StudentOperator(b_rows=b_rows, bt_rows=bt_rows, x_rows=shards, xt_rows=xt_rows,
+    operator = StudentOperator(b_rows=b_rows, bt_rows=bt_rows, x_shards=x, xt_shards=xt,
                                lam=lam_diag, row_chunks=chunks, dtype=dtype)
     with stages.stage("eigensolve", f"top-{params.k} eigenvectors of BᵀPB, matrix-free") as info:
         eig = randomized_eigh(operator, n, params.k, row_chunks=chunks, dtype=dtype,
@@ -162,3 +214,17 @@ def run_scalable(store, params, ctx) -> PathResult:
     U = ctx.persist(operator.factors_u(V))
     return PathResult(U=U, V=V, eig=eig,
                       info=dict(neighbors=K, neighbor_score=params.neighbor_score, row_blocks=len(chunks)))
+
+
+def _exact_where_needed(out: list, fails: list, x: list, p_diag_d, ctx) -> tuple[list, int]:
+    """Each block's teacher weights, the failed items solved with their exact P_SS (a tree sum over shards)."""
+    n_exact = int(sum(f[0].size for f in fails))
+    if not n_exact:
+        return [task("teacher-w", pick, o, 0) for o in out], 0
+    sets = np.concatenate([f[1] for f in fails])
+    rhs = np.concatenate([f[2] for f in fails])
+    gram = tree_reduce("teacher-exact-gram", sum_blocks, [task("teacher-exact-part", exact_gram_of_sets, xs, sets)
+                                                          for xs in x])
+    solved = ctx.compute(task("teacher-exact", solve_exact, gram, sets, rhs, p_diag_d))
+    offsets = np.concatenate([[0], np.cumsum([f[0].size for f in fails])])
+    return [task("teacher-w", with_exact, o, solved[offsets[i]: offsets[i + 1]]) for i, o in enumerate(out)], n_exact
