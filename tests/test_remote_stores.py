@@ -278,3 +278,52 @@ def test_a_job_spec_takes_store_urls_and_storage_options_as_a_mapping(tmp_path):
                     "out: s3://bucket/recs\nstorage-options: [endpoint_url, anon]\n")
     bad = CliRunner().invoke(cli, ["run", str(spec), "--check"])
     assert bad.exit_code == 1 and "'storage-options' must be a mapping or a string" in bad.output
+
+
+def test_each_task_of_the_scalable_path_reads_only_its_own_shard_from_s3(s3, url):
+    import logging
+    import re
+
+    import dask
+    from dask.callbacks import Callback
+
+    from edlae_dask.diagnostics import StageLog
+    from edlae_dask.runtime import StageContext
+    from edlae_dask.scalable.pipeline import run_scalable
+
+    X = random_interactions(150, 30, 0.15, seed=31)
+    write_interactions(f"{url}/x.zarr", X, shard_size=30, storage_options=s3)
+    store = open_interactions(f"{url}/x.zarr", storage_options=s3)
+    assert store.n_shards == 5
+    running, reads = [None], []
+
+    class Current(Callback):  # the synchronous scheduler runs one task at a time, in this thread
+        def _pretask(self, key, dsk, state):
+            running[0] = key
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            running[0] = None
+
+    class Requests(logging.Handler):  # every S3 call s3fs makes, logged by s3fs itself
+        def emit(self, record):
+            found = re.search(r"'Key': '[^']*/shards/(\d+)/", record.getMessage())
+            if found:
+                reads.append((running[0], int(found.group(1))))
+
+    s3fs_log = logging.getLogger("s3fs")
+    handler, level = Requests(), s3fs_log.level
+    s3fs_log.addHandler(handler)
+    s3fs_log.setLevel(logging.DEBUG)
+    try:
+        with Current(), dask.config.set(scheduler="sync"):
+            run_scalable(store, TrainParams(k=3, lam=2.0, p=0.2, path="scalable", neighbors=6),
+                         StageContext(client=None, stages=StageLog(None), n_workers=2))
+    finally:
+        s3fs_log.removeHandler(handler)
+        s3fs_log.setLevel(level)
+    by_task = {}
+    for key, shard in reads:
+        by_task.setdefault(str(key), set()).add(shard)
+    assert set().union(*by_task.values()) == set(range(5))  # every shard was read …
+    assert all(k.startswith("edlae-load-shard-") for k in by_task)  # … by the tasks that load a shard …
+    assert sorted(len(s) for s in by_task.values()) == [1] * 5  # … one shard each, each shard by one task
