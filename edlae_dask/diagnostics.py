@@ -36,6 +36,8 @@ class StageRecord:
     peak_total_bytes: int
     peak_worker_bytes: int
     detail: dict = field(default_factory=dict)
+    #: Peak resident memory of each worker (address: bytes) during the stage; this process's under "local".
+    peak_by_worker: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -49,17 +51,21 @@ class _MemoryPoller:
         self.interval = interval
         self.peak_total = 0
         self.peak_worker = 0
+        self.peak_by_worker: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="edlae-memory-poller")
 
     def _sample(self) -> None:
         if self.client is None:
-            per_worker = [_rss()]
+            by_worker = {"local": _rss()}
         else:
             try:
-                per_worker = list(self.client.run(_rss).values())
+                by_worker = self.client.run(_rss)
             except Exception:  # a worker may be restarting; skip this sample
                 return
+        for who, rss in by_worker.items():
+            self.peak_by_worker[who] = max(self.peak_by_worker.get(who, 0), rss)
+        per_worker = list(by_worker.values())
         if per_worker:
             self.peak_total = max(self.peak_total, sum(per_worker))
             self.peak_worker = max(self.peak_worker, max(per_worker))
@@ -105,7 +111,7 @@ class StageLog:
         with _MemoryPoller(self.client, self.interval) as mem:
             yield detail
         seconds = time.perf_counter() - t0
-        rec = StageRecord(name, seconds, mem.peak_total, mem.peak_worker, detail)
+        rec = StageRecord(name, seconds, mem.peak_total, mem.peak_worker, detail, dict(mem.peak_by_worker))
         self.records.append(rec)
         self.log.info(
             "stage %-10s done in %7.2f s, peak memory %.2f GiB total, %.2f GiB on one %s%s",
