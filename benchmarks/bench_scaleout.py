@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--path", choices=("scalable", "dense"), default="scalable")
     ap.add_argument("--users", type=int, default=300_000)
     ap.add_argument("--items", type=int, default=30_000)
-    ap.add_argument("--mean-per-user", type=float, default=20.0)
+    ap.add_argument("--mean-per-user", type=float, default=25.0)
     ap.add_argument("--shard-size", type=int, default=25_000)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--memory-limit", default="5GiB", help="Per worker.")

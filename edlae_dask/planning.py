@@ -12,7 +12,8 @@ The estimates, with ``l`` the eigensolver's panel width and ``s`` the itemsize:
 dense path            ``2.3·n²·s`` (G or M, and C) ``+ 8·n·l·s`` (panels)
 scalable path         per worker, with ``w`` workers and ``f`` its share of the shards:
                       ``3·12·nnz·f`` (its X_s, X_sᵀ) ``+ (24/w + 8)·n·K`` (neighbour
-                      lists, B, Bᵀ) ``+ (3·n + 5·n/w + users·f)·l·s`` (panels)
+                      lists, B, Bᵀ) ``+ max((3·n + 5·n/w + users·f)·l·s, 48·e)``
+                      (panels, or a neighbour task of ``e`` entries)
 ====================  ===========================================================
 
 Their measured peaks against these estimates are in ``benchmarks/results/`` (table1,
@@ -48,6 +49,23 @@ def dense_memory_estimate(n_items: int, k: int, itemsize: int, n_oversamples: in
     return int(2.3 * n_items**2 * itemsize + 8 * n_items * l * itemsize)
 
 
+#: Most work (stored entries of G's rows) of one neighbour task; bounds its memory (about 48 bytes an entry: the
+#: summed pieces, then the sort of the rows' entries).
+NEIGHBOR_TASK_ENTRIES = 10_000_000
+#: Least work of one neighbour task: below it, per-task overhead outweighs the memory saved.
+NEIGHBOR_TASK_MIN_ENTRIES = 1_000_000
+
+
+def neighbor_task_entries(nnz: int, n_workers: int) -> int:
+    """Work of one neighbour task: about one worker's share of the interactions, within the bounds above.
+
+    A task's working set (~48 bytes an entry) then stays near the memory its worker
+    holds for its shards (~24–36 bytes an interaction), so the stage's per-worker peak
+    falls as workers are added instead of being fixed by a constant budget.
+    """
+    return int(min(NEIGHBOR_TASK_ENTRIES, max(NEIGHBOR_TASK_MIN_ENTRIES, nnz // max(1, n_workers))))
+
+
 def scalable_memory_estimate(n_items: int, n_users: int, nnz: int, k: int, neighbors: int, itemsize: int,
                              n_workers: int = 1, n_oversamples: int | None = None, n_shards: int | None = None) -> int:
     """Bytes one worker of the scalable path holds at its peak (an estimate).
@@ -56,8 +74,10 @@ def scalable_memory_estimate(n_items: int, n_users: int, nnz: int, k: int, neigh
     share of the user shards, X_s and X_sᵀ (12 bytes an interaction each, and a
     transient copy while a shard is transposed); its share of the neighbour lists, B
     and Bᵀ (8 bytes an entry each) plus the neighbour lists one teacher block names
-    (at most all of them); the three n × l panels each product broadcasts, its share
-    of the eigensolver's five row-blocked n × l panels and its shards' users × l panel.
+    (at most all of them); then the larger of a neighbour task's working set
+    (:func:`neighbor_task_entries`, 48 bytes an entry) and the eigensolver's panels: the
+    three n × l panels each product broadcasts, its share of the five row-blocked
+    n × l panels and its shards' users × l panel.
     A share is ⌈shards / workers⌉ shards (``n_shards`` unknown: 1 / workers). The
     measured peaks against it are in ``benchmarks/results/`` (scale-out, scalable-scale).
     """
@@ -67,7 +87,8 @@ def scalable_memory_estimate(n_items: int, n_users: int, nnz: int, k: int, neigh
     interactions = 3 * 12 * nnz * share
     sparse_model = (24 / w + 8) * n_items * neighbors
     panels = (3 * n_items + 5 * n_items / w + n_users * share) * l * itemsize
-    return int(interactions + sparse_model + panels)
+    neighbor_task = 48 * neighbor_task_entries(nnz, w)
+    return int(interactions + sparse_model + max(panels, neighbor_task))
 
 
 def check_memory(n_items: int, params, total_bytes: int, n_workers: int, worker_bytes: int) -> int:

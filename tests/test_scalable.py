@@ -219,13 +219,12 @@ def test_scalable_student_is_the_top_k_of_its_own_sparse_teacher(tmp_path):
     assert _rel(res.U.compute(), res.V.compute(), B @ V0, V0) < 1e-6
 
 
-def test_auto_path_is_dense_when_it_fits_and_scalable_when_not(tmp_path):
-    X = random_interactions(100, 400, 0.1, seed=12)
-    store = write_interactions(tmp_path / "x.zarr", X, shard_size=50)
+def test_auto_path_is_dense_when_it_fits_and_scalable_when_not():
+    store = type("Shape", (), dict(n_items=20_000, n_users=100_000, nnz=2_000_000, n_shards=1))()
     params = TrainParams(k=3, neighbors=10).validate()
-    assert choose_path(store, params, 2**30, 1, 2**30)[0] == "dense"
-    dense_need = 2.3 * 400**2 * 4  # G and C in float32: 1.5 MB
-    small = int(0.8 * dense_need)  # the dense path does not fit, the sparse one (about 0.5 MB) does
+    dense_need = 2.3 * 20_000**2 * 4  # G and C in float32: 3.7 GB
+    assert choose_path(store, params, 2 * dense_need, 1, 2 * dense_need)[0] == "dense"
+    small = int(0.8 * dense_need)  # the dense path does not fit, the sparse one (about 0.2 GB) does
     assert choose_path(store, params, small, 1, small)[0] == "scalable"
     with pytest.raises(MemoryBudgetError, match="dense path needs"):
         choose_path(store, TrainParams(k=3, path="dense"), small, 1, small)

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from edlae_dask.io.interactions import read_shard
 from edlae_dask.linalg import randomized_eigh
 from edlae_dask.linalg.graph import sum_blocks, task, tree_reduce
+from edlae_dask.planning import neighbor_task_entries
 from edlae_dask.runtime import PathResult
 from edlae_dask.scalable.neighbors import balanced_item_blocks, gram_rows, row_products_bound, sum_sparse, top_neighbors
 from edlae_dask.scalable.operator import StudentOperator
@@ -39,10 +40,6 @@ from edlae_dask.scalable.teacher import (
 )
 
 log = logging.getLogger("edlae_dask.scalable")
-
-#: Work (stored entries of G's rows) of one neighbour task; bounds its memory (~16 bytes an entry, a few copies).
-NEIGHBOR_TASK_ENTRIES = 10_000_000
-
 
 def row_blocks(n_items: int, n_workers: int) -> tuple[int, ...]:
     """Item row blocks of the scalable path: at least two per worker, at most 50,000 items each."""
@@ -166,7 +163,7 @@ def run_scalable(store, params, ctx) -> PathResult:
     diag_g_d, p_diag_d = ctx.persist([task("diag-g", np.asarray, diag_g), task("diag-p", np.asarray, p_diag)],
                                      progress=False)
 
-    nblocks = balanced_item_blocks(bound, NEIGHBOR_TASK_ENTRIES, max_items=8192)
+    nblocks = balanced_item_blocks(bound, neighbor_task_entries(store.nnz, ctx.n_workers), max_items=8192)
     with stages.stage("neighbors",
                       f"top-{K} co-occurring items ({params.neighbor_score}) in {len(nblocks)} blocks") as info:
         parts = []
