@@ -1,17 +1,18 @@
 """Stage ``operator``: M·Ω = BᵀPB·Ω applied matrix-free, as a partitioned Dask graph per call.
 
     Y   = B·Ω                          by item row blocks I:  Y_I = B[I, :]·Ω
-    Z_s = X_s·Y                        by user shards s (never gathered)
+    Z_s = X_s·Y = (X_sᵀ)ᵀ·Y            by user shards s (never gathered)
     T_I = Σ_s X_sᵀ[I]·Z_s + Λ_I·Y_I    one piece per (item block, user shard), tree-summed over s
     M·Ω = Bᵀ·T                         by item row blocks J:  (M·Ω)_J = Bᵀ[J, :]·T
 
 (P = XᵀX + Λ, Sec. 3.2.) Every factor is sparse and stays where it was made: B and
-Bᵀ by item rows, X and Xᵀ by user shard (``X_sᵀ`` is shard s's own transpose, on the
-worker that holds the shard). One call costs 2·nnz(B)·l + 2·nnz(X)·l flops. Three
-n × l panels are broadcast once per call — Ω, Y and T, each n·l·itemsize bytes, as
-one key that every block task of the next product reads (each worker receives it
-once) — because a row block of the sparse B or Bᵀ touches columns anywhere; the
-users × l panel Z is never gathered, and no task reads more than one shard.
+Bᵀ by item rows, X by user shard, held once, as X_sᵀ (CSR, items × users of shard s):
+its rows give X_sᵀ[I] and its transpose, a CSC view, gives X_s·Y without a copy.
+One call costs 2·nnz(B)·l + 2·nnz(X)·l flops. Three n × l panels are broadcast once
+per call — Ω, Y and T, each n·l·itemsize bytes, as one key that every block task of
+the next product reads (each worker receives it once) — because a row block of the
+sparse B or Bᵀ touches columns anywhere; the users × l panel Z is never gathered,
+and no task reads more than one shard.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def apply_sparse(a, panel: np.ndarray) -> np.ndarray:
     return np.asarray(a @ panel)
 
 
+def apply_transposed(xt, panel: np.ndarray) -> np.ndarray:
+    """``(X_sᵀ)ᵀ·Y`` from the shard's transpose (a CSC view: no copy of the shard)."""
+    return np.asarray(xt.T @ panel)
+
+
 def shard_rows_times(xt_shard, a: int, b: int, z_shard: np.ndarray) -> np.ndarray:
     """One shard's term ``X_sᵀ[a:b]·Z_s`` of the rows a..b of Xᵀ·Z (dense, (b − a) × l)."""
     return np.asarray(xt_shard[a:b] @ z_shard)
@@ -52,10 +58,8 @@ class StudentOperator:
     ----------
     b_rows, bt_rows : list of Delayed
         Row blocks of B and of Bᵀ (CSR, |I| × n), one per item block of ``row_chunks``.
-    x_shards : list of Delayed
-        The interaction shards X_s (CSR, users_s × n).
     xt_shards : list of Delayed
-        Their transposes X_sᵀ (CSR, n × users_s), one per shard.
+        The interaction shards' transposes X_sᵀ (CSR, n × users_s), one per shard.
     lam : ndarray of shape (n,)
         diag(Λ) = λ + p/(1−p)·diag(XᵀX).
     row_chunks : tuple of int
@@ -66,7 +70,6 @@ class StudentOperator:
 
     b_rows: list
     bt_rows: list
-    x_shards: list
     xt_shards: list
     lam: np.ndarray
     row_chunks: tuple
@@ -89,7 +92,7 @@ class StudentOperator:
         q_full = task("operator-q", stack_rows, *Q.to_delayed(optimize_graph=False).ravel())
         y = [task("operator-bq", apply_sparse, b, q_full) for b in self.b_rows]
         y_full = task("operator-bq-stack", stack_rows, *y)
-        z = [task("operator-xy", apply_sparse, x, y_full) for x in self.x_shards]
+        z = [task("operator-xy", apply_transposed, xt, y_full) for xt in self.xt_shards]
         t = []
         for (a, b), y_rows in zip(self._bounds(), y):
             pieces = [task("operator-xtz", shard_rows_times, xt, a, b, zs) for xt, zs in zip(self.xt_shards, z)]

@@ -9,7 +9,8 @@
     eigensolve  V = eig_k(BᵀPB) matrix-free (:class:`StudentOperator`), U = B·V
 
 No task reads more than one shard and no worker is sent all interactions: a worker
-holds its shards (about 2·12·nnz/workers bytes), its share of the neighbour lists, B
+holds its shards (X_s and X_sᵀ, about 2·12·nnz/workers bytes; X_sᵀ only after the
+neighbours), its share of the neighbour lists, B
 and Bᵀ (8·n·K bytes each over all workers), the neighbour lists one teacher block
 names (at most 8·n·K), and the eigensolver's broadcast n × l panels
 (:func:`edlae_dask.planning.scalable_memory_estimate`). No n × n matrix is formed.
@@ -40,6 +41,10 @@ from edlae_dask.scalable.teacher import (
 )
 
 log = logging.getLogger("edlae_dask.scalable")
+
+#: Neighbour blocks in flight per worker (see the stage's waves).
+NEIGHBOR_BLOCKS_PER_WORKER = 2
+
 
 def row_blocks(n_items: int, n_workers: int) -> tuple[int, ...]:
     """Item row blocks of the scalable path: at least two per worker, at most 50,000 items each."""
@@ -167,10 +172,16 @@ def run_scalable(store, params, ctx) -> PathResult:
     with stages.stage("neighbors",
                       f"top-{K} co-occurring items ({params.neighbor_score}) in {len(nblocks)} blocks") as info:
         parts = []
-        for a, b in nblocks:
-            rows = tree_reduce("neighbors-gram", sum_sparse,
-                               [task("neighbors-gram-part", gram_rows, t, xs, a, b) for t, xs in zip(xt, x)])
-            parts.append(task("neighbors", top_neighbors, rows, a, K, diag_g_d, params.neighbor_score))
+        # in waves of a few blocks per worker: every block's pieces (one per shard) are ready at once, and
+        # a scheduler given all of them computes pieces of many blocks before it sums any
+        wave = NEIGHBOR_BLOCKS_PER_WORKER * max(1, ctx.n_workers)
+        for w in range(0, len(nblocks), wave):
+            todo = []
+            for a, b in nblocks[w: w + wave]:
+                rows = tree_reduce("neighbors-gram", sum_sparse,
+                                   [task("neighbors-gram-part", gram_rows, t, xs, a, b) for t, xs in zip(xt, x)])
+                todo.append(task("neighbors", top_neighbors, rows, a, K, diag_g_d, params.neighbor_score))
+            parts.extend(ctx.persist(todo, progress=False))
         starts = [a for a, _ in nblocks]
         nbrs = []
         for a, b in blocks:
@@ -178,7 +189,8 @@ def run_scalable(store, params, ctx) -> PathResult:
             nbrs.append(task("neighbors-rows", neighbor_rows, a, b, tuple(starts[i] for i in over),
                              *[parts[i] for i in over]))
         nbrs = ctx.persist(nbrs)
-        del parts
+        # from here on the shards are held once, as X_sᵀ (the operator and the exact P_SS read only that)
+        del parts, x
         info.update(K=K, blocks=len(nblocks), gram_products=int(bound.sum()))
     with stages.stage("teacher", f"b_S = (P_SS)⁻¹ G_Sj for {n} items, K={K}") as info:
         needs = [task("teacher-needs", block_needs, nb, a) for nb, (a, _) in zip(nbrs, blocks)]
@@ -188,7 +200,7 @@ def run_scalable(store, params, ctx) -> PathResult:
             out.append(task("teacher", teacher_block, nb_j, a, p_diag_d, *pieces))
         out = ctx.persist(out)
         fails = ctx.compute(task("teacher-failed", both, *[task("teacher-failed-part", failures, o) for o in out]))
-        weights, n_exact = _exact_where_needed(out, fails, x, p_diag_d, ctx)
+        weights, n_exact = _exact_where_needed(out, fails, xt, p_diag_d, ctx)
         bt_rows = [task("teacher-bt", teacher_bt, nb, w, n, dtype) for nb, w in zip(nbrs, weights)]
         b_cols = [task("teacher-b-cols", transpose, bt) for bt in bt_rows]
         b_rows = [task("teacher-b", hstack_csr, *[task("teacher-b-piece", rows_of, c, a, b) for c in b_cols])
@@ -200,7 +212,7 @@ def run_scalable(store, params, ctx) -> PathResult:
         if n_exact:
             log.info("teacher: %d of %d items had a masked P_SS that was not positive definite; "
                      "their P_SS was formed exactly from the interactions", n_exact, n)
-    operator = StudentOperator(b_rows=b_rows, bt_rows=bt_rows, x_shards=x, xt_shards=xt,
+    operator = StudentOperator(b_rows=b_rows, bt_rows=bt_rows, xt_shards=xt,
                                lam=lam_diag, row_chunks=chunks, dtype=dtype)
     with stages.stage("eigensolve", f"top-{params.k} eigenvectors of BᵀPB, matrix-free") as info:
         eig = randomized_eigh(operator, n, params.k, row_chunks=chunks, dtype=dtype,
@@ -213,15 +225,15 @@ def run_scalable(store, params, ctx) -> PathResult:
                       info=dict(neighbors=K, neighbor_score=params.neighbor_score, row_blocks=len(chunks)))
 
 
-def _exact_where_needed(out: list, fails: list, x: list, p_diag_d, ctx) -> tuple[list, int]:
+def _exact_where_needed(out: list, fails: list, xt: list, p_diag_d, ctx) -> tuple[list, int]:
     """Each block's teacher weights, the failed items solved with their exact P_SS (a tree sum over shards)."""
     n_exact = int(sum(f[0].size for f in fails))
     if not n_exact:
         return [task("teacher-w", pick, o, 0) for o in out], 0
     sets = np.concatenate([f[1] for f in fails])
     rhs = np.concatenate([f[2] for f in fails])
-    gram = tree_reduce("teacher-exact-gram", sum_blocks, [task("teacher-exact-part", exact_gram_of_sets, xs, sets)
-                                                          for xs in x])
+    gram = tree_reduce("teacher-exact-gram", sum_blocks, [task("teacher-exact-part", exact_gram_of_sets, t, sets)
+                                                          for t in xt])
     solved = ctx.compute(task("teacher-exact", solve_exact, gram, sets, rhs, p_diag_d))
     offsets = np.concatenate([[0], np.cumsum([f[0].size for f in fails])])
     return [task("teacher-w", with_exact, o, solved[offsets[i]: offsets[i + 1]]) for i, o in enumerate(out)], n_exact

@@ -134,16 +134,15 @@ def teacher_weights(neighbors: np.ndarray, g: np.ndarray, p_diag: np.ndarray, it
     return out, np.sort(np.asarray(failed, dtype=np.int64))
 
 
-def exact_gram_of_sets(x_shard: sp.csr_matrix, sets: np.ndarray) -> np.ndarray:
-    """One shard's term of ``(XᵀX)_SS`` for each row S of ``sets`` (c, K): (c, K, K) float64.
+def exact_gram_of_sets(xt_shard: sp.csr_matrix, sets: np.ndarray) -> np.ndarray:
+    """One shard's term of ``(XᵀX)_SS`` for each row S of ``sets`` (c, K), from the shard's X_sᵀ: (c, K, K) float64.
 
     Summed over the user shards (a tree sum) this is the exact Gram of every set.
     """
-    xc = x_shard.tocsc()
     out = np.empty((sets.shape[0], sets.shape[1], sets.shape[1]), dtype=np.float64)
     for i, S in enumerate(sets):
-        xs = xc[:, S].astype(np.float64)
-        out[i] = (xs.T @ xs).toarray()
+        xs = xt_shard[S].astype(np.float64)
+        out[i] = (xs @ xs.T).toarray()
     return out
 
 
