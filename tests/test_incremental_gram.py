@@ -176,3 +176,59 @@ def test_on_distributed_workers_a_damaged_partial_is_recomputed_and_the_earlier_
     fresh = train(store2, params=PARAMS)
     np.testing.assert_allclose(rerun.U.compute() @ rerun.V.compute().T, fresh.U.compute() @ fresh.V.compute().T,
                                rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def test_pruning_keeps_what_the_last_two_runs_used_and_only_checkpoints(tmp_path):
+    import json as _json
+
+    from edlae_dask.io.checkpoints import prune_checkpoints
+
+    ck = tmp_path / "ck"
+    names = {s: f"{s}-{c * 16}" for s, c in (("gram", "a"), ("inverse", "b"), ("partial-gram", "c"))}
+    for name in names.values():
+        (ck / name).mkdir(parents=True)
+    foreign = ck / f"gram-{'d' * 16}"  # a zarr group of another format under a checkpoint's name
+    foreign.mkdir()
+    (foreign / "zarr.json").write_text(_json.dumps({"zarr_format": 3, "node_type": "group",
+                                                     "attributes": {"format": "someone-else"}}))
+    (ck / "notes.txt").write_text("mine")
+
+    # run 1 used the Gram and the inverse: the partial nobody used goes
+    assert prune_checkpoints(ck, [names["gram"], names["inverse"]], idle_s=0) == [str(ck / names["partial-gram"])]
+    # run 2 used a new Gram: run 1's are kept (the last two runs)
+    (ck / f"gram-{'e' * 16}").mkdir()
+    assert prune_checkpoints(ck, [f"gram-{'e' * 16}"], idle_s=0) == []
+    # run 3 too: now nothing of run 1's is among the last two runs'
+    assert sorted(prune_checkpoints(ck, [f"gram-{'e' * 16}"], idle_s=0)) == sorted(
+        str(ck / names[s]) for s in ("gram", "inverse"))
+    assert foreign.exists() and (ck / "notes.txt").exists() and (ck / f"gram-{'e' * 16}").exists()
+    assert len(list((ck / "runs").iterdir())) == 2  # older manifests are dropped too
+
+
+def test_pruning_spares_what_was_written_within_the_grace_period(tmp_path):
+    from edlae_dask.io.checkpoints import prune_checkpoints
+
+    (tmp_path / f"inverse-{'f' * 16}").mkdir()  # another run's, just written
+    assert prune_checkpoints(tmp_path, [], idle_s=3600) == []
+    assert (tmp_path / f"inverse-{'f' * 16}").exists()
+
+
+def test_nightly_retrains_keep_the_checkpoint_directory_bounded(tmp_path, monkeypatch):
+    from edlae_dask.io import _fs
+
+    monkeypatch.setattr(_fs, "PRUNE_GRACE_S", 0.0)  # no other run shares the directory here
+    X = random_interactions(120, 30, 0.1, seed=9)
+    ck = tmp_path / "ck"
+    sizes = []
+    for night in range(4):
+        X = _changed(X, [night * 10], seed=night)  # each night one user changes: one group of 4 shards
+        store = write_interactions(tmp_path / f"x{night}.zarr", X, shard_size=SHARD)
+        train(store, params=PARAMS, checkpoint_dir=ck)
+        sizes.append(sorted(p.name for p in ck.iterdir() if p.name != "runs"))
+    # night 1 on: this run's Gram and inverse, the previous run's, and the partials of both (3 groups, 1 changed)
+    assert [sum(n.startswith("gram-") for n in s) for s in sizes] == [1, 2, 2, 2]
+    assert [sum(n.startswith("inverse-") for n in s) for s in sizes] == [1, 2, 2, 2]
+    assert [sum(n.startswith("partial-gram-") for n in s) for s in sizes] == [3, 4, 4, 4]

@@ -41,7 +41,7 @@ def run_dense(store, params, ctx):
     ctx : edlae_dask.runtime.StageContext
         ``block_size`` and ``checkpoint_dir`` are read here.
     """
-    from edlae_dask.io.checkpoints import GramPartials, StageCheckpoints
+    from edlae_dask.io.checkpoints import GramPartials, StageCheckpoints, prune_checkpoints
 
     n = store.n_items
     dtype = np.dtype(params.dtype)
@@ -49,6 +49,8 @@ def run_dense(store, params, ctx):
     checkpoints = None if ctx.checkpoint_dir is None else StageCheckpoints(
         ctx.checkpoint_dir, interactions_fingerprint=store.fingerprint, n_items=n, dtype=dtype.name,
         block_size=block, lam=params.lam, p=params.p, storage_options=ctx.storage_options)
+
+    used = []  # the partial Grams this run reads or writes, kept by the pruning at the end
 
     def checkpointed(stage, compute, info):
         return compute() if checkpoints is None else checkpoints.run(stage, compute, ctx.persist, ctx.client, info)
@@ -60,6 +62,7 @@ def run_dense(store, params, ctx):
         partials = GramPartials(ctx.checkpoint_dir, n_items=n, dtype=dtype.name, block_size=block,
                                 storage_options=ctx.storage_options)
         G, group_fps = incremental_gram(store, partials, ctx, info, shard_fps)
+        used.extend(partials.path(fp).name for fp in group_fps)
         # the whole Gram's checkpoint records its groups, so a later store's Gram can start from it
         checkpoints.extra_attrs["gram"] = {"group_fingerprints": group_fps}
         return {"G": G}
@@ -114,6 +117,8 @@ def run_dense(store, params, ctx):
         U = ctx.persist(student_factors(C, d, V))
         V = ctx.persist(V)
         del C
+    if checkpoints is not None:
+        prune_checkpoints(ctx.checkpoint_dir, [*used, checkpoints.path("gram").name, checkpoints.path("inverse").name])
     return PathResult(U=U, V=V, eig=eig)
 
 

@@ -27,9 +27,13 @@ numbers is ignored with a warning and recomputed; nothing in it is unpickled.
 The workers write and read the blocks, so the directory must be on storage that
 the client and every worker see (like the factor store): a shared file system,
 or a URL (``s3://bucket/checkpoints``) that each worker opens itself. It costs about
-``2·n²·itemsize`` bytes of disk (before compression) and is never deleted by
-edlae-dask: remove it once the model is published and no rerun with other k,
-λ or p is planned.
+``2·n²·itemsize`` bytes of disk (before compression) per set of inputs.
+
+A nightly retrain would add a Gram, an inverse and some partials every night, so
+each successful local run records the checkpoints it used or wrote (a manifest in
+``runs/``) and :func:`prune_checkpoints` then removes the checkpoints of ours that
+none of the last :data:`KEEP_RUNS` runs used, once nothing has written to them for
+an hour. Remove the directory once no rerun is planned.
 
 Incremental retraining (:class:`GramPartials`): the Gram is also kept as partial
 Grams ``G_g = Σ_{s∈g} X_sᵀX_s`` of fixed groups of ``split_every`` consecutive
@@ -39,7 +43,7 @@ some shards changed (``ingest --append``) reads the other groups' partials and
 computes only the changed groups'. Each costs about ``n²·itemsize/2`` bytes (lower
 blocks only), so ``⌈n_shards / split_every⌉ · n²·itemsize/2`` in all — per shard
 would cost ``split_every`` times more. Partials of groups that no longer exist
-are not removed (they are reused if the same shards come back).
+are pruned with the rest once the last :data:`KEEP_RUNS` runs did not use them.
 A whole-Gram checkpoint also records its ``group_fingerprints``, so when few groups
 changed the next store's Gram is ``G_old − Σ_{groups gone} G_g + Σ_{groups new} G_g``
 (:meth:`GramPartials.base`): ``1 + #gone`` matrices read instead of one per unchanged group.
@@ -47,11 +51,13 @@ changed the next store's Gram is ``G_old − Σ_{groups gone} G_g + Σ_{groups n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -73,6 +79,7 @@ from edlae_dask.io.versioned import (
     check_format,
     mark_complete,
     move_into_place,
+    newest_mtime,
     open_group,
     remove_leftovers,
 )
@@ -88,6 +95,70 @@ FORMAT = StoreFormat(FORMAT_NAME, FORMAT_VERSION, "checkpoint")
 STAGE_ARRAYS = {"gram": {"G": "matrix"}, "inverse": {"C": "matrix", "diag_c": "vector"}}
 # a local save's temporary directory, and a replaced checkpoint moved aside (both left by a killed run)
 _LEFTOVER = re.compile(rf"\.({'|'.join([*STAGE_ARRAYS, 'partial-gram'])})-[0-9a-f]{{16}}\.(tmp|old)-[0-9a-f]{{32}}")
+
+
+#: Runs whose checkpoints :func:`prune_checkpoints` keeps: this run's and the one before (whose Gram and
+#: partials the next retrain may start from, should this run's be damaged).
+KEEP_RUNS = 2
+# what prune_checkpoints may remove: a checkpoint's directory name
+_PRUNABLE = re.compile(rf"({'|'.join([*STAGE_ARRAYS, 'partial-gram'])})-[0-9a-f]{{16}}")
+_MANIFEST = re.compile(r"\d{20}-[0-9a-f]{8}\.json")
+
+
+def prune_checkpoints(root, used, *, keep_runs: int = KEEP_RUNS, idle_s: float | None = None) -> list[str]:
+    """Record this run's checkpoints, and remove those of ours that none of the last ``keep_runs`` runs used.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        A local checkpoint directory (under a URL nothing is pruned: returns []).
+    used : iterable of str
+        Names of the checkpoints this run read or wrote (``gram-…``, ``inverse-…``,
+        ``partial-gram-…``).
+    keep_runs : int, default=KEEP_RUNS
+    idle_s : float, optional
+        Keep anything written to in the last ``idle_s`` seconds (default ``_fs.PRUNE_GRACE_S``):
+        a run under way with other inputs may be writing it.
+
+    Returns
+    -------
+    list of str
+        The paths removed (each one logged). Only complete checkpoints of this format, or
+        directories without a zarr group, are removed; anything else in the directory stays.
+    """
+    if not isinstance(root, (str, os.PathLike)) or "://" in os.fspath(root):
+        return []
+    root = Path(root)
+    runs = root / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    manifest = runs / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+    tmp = runs / f".{manifest.name}.tmp"
+    tmp.write_text(json.dumps({"checkpoints": sorted(set(used))}))
+    os.replace(tmp, manifest)
+    manifests = sorted(p for p in runs.iterdir() if _MANIFEST.fullmatch(p.name))
+    keep = set()
+    for p in manifests[-keep_runs:]:
+        try:
+            keep.update(json.loads(p.read_text()).get("checkpoints", []))
+        except (OSError, ValueError, AttributeError):
+            continue
+    idle = _fs.PRUNE_GRACE_S if idle_s is None else idle_s
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if not _PRUNABLE.fullmatch(entry.name) or entry.name in keep or not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            if time.time() - newest_mtime(str(entry)) < idle or not _ours_or_bare(str(entry)):
+                continue
+            shutil.rmtree(entry)
+        except FileNotFoundError:
+            continue
+        log.info("removed checkpoint %s: none of the last %d runs used it", entry, keep_runs)
+        removed.append(str(entry))
+    for p in manifests[:-keep_runs]:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return removed
 
 
 def _digest(payload) -> str:

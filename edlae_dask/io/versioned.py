@@ -560,7 +560,7 @@ def _entries(folder: str, pattern: re.Pattern) -> list[str]:
     return sorted(os.path.join(folder, n) for n in names if pattern.fullmatch(n))
 
 
-def _newest_mtime(path: str) -> float:
+def newest_mtime(path: str) -> float:
     """The newest modification time of ``path`` and everything under it (links not followed)."""
     newest = os.lstat(path).st_mtime
     if os.path.isdir(path) and not os.path.islink(path):
@@ -598,7 +598,7 @@ def remove_leftovers(folder, pattern: re.Pattern, *, ours: Callable[[str], bool]
         try:
             if ours is not None and not ours(path):
                 continue
-            if idle_s is not None and time.time() - _newest_mtime(path) < idle_s:
+            if idle_s is not None and time.time() - newest_mtime(path) < idle_s:
                 continue
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
@@ -643,7 +643,7 @@ def recover_aside(target, *, ours: Callable[[str], bool]) -> str | None:
     asides = [p for p in _entries(os.path.dirname(target), aside_pattern(target)) if ours(p)]
     if not asides:
         return None
-    aside = max(asides, key=_newest_mtime)
+    aside = max(asides, key=newest_mtime)
     os.rename(aside, target)
     fsync_dir(os.path.dirname(target))
     log.warning("recovered %s: a run replacing it was interrupted between its two renames, and the previous store, "
