@@ -106,10 +106,10 @@ def train(store, *, params: TrainParams, client=None, out=None, overwrite: bool 
     path, need = choose_path(store, params, total, n_workers, smallest)
     log.info(
         "%s path: %d users x %d items, %d interactions; k=%d, lam=%g, p=%g, %s, %s; "
-        "estimated peak memory %.2f GiB, the workers' memory limits sum to %.2f GiB",
+        "estimated peak memory %.2f GiB%s, the workers' memory limits sum to %.2f GiB",
         path, store.n_users, n, store.nnz, params.k, params.lam, params.p, params.dtype,
         f"blocks of {block}" if path == "dense" else f"K={min(params.neighbors, n - 1)} neighbours",
-        need / 2**30, total / 2**30,
+        need / 2**30, " in all" if path == "dense" else " per worker", total / 2**30,
     )
     writer = (FactorWriter(out, overwrite=overwrite, storage_options=storage_options)
               if out is not None else None)
