@@ -142,14 +142,14 @@ def scale(args) -> None:
     from edlae_dask.synthetic import make_interactions
 
     rows = []
-    results = HERE / "results" / "scalable-scale"
+    results = HERE / "results" / f"scalable-scale{'-' + args.tag if args.tag else ''}"
     for n in args.items:
-        work = args.workdir / f"synthetic-{n}"
+        work = args.workdir / f"synthetic-{n}-{args.users_per_item:g}-{args.mean_per_user:g}"
         store_path = work / "interactions.zarr"
         if not (store_path / "zarr.json").exists():
             t0 = time.perf_counter()
-            X = make_interactions(2 * n, n, mean_per_user=25, item_alpha=args.alpha, n_topics=max(50, n // 2000),
-                                  seed=0)
+            X = make_interactions(int(args.users_per_item * n), n, mean_per_user=args.mean_per_user,
+                                  item_alpha=args.alpha, n_topics=max(50, n // 2000), seed=0)
             write_interactions(store_path, X, shard_size=100_000, overwrite=True)
             print(f"made {X.shape[0]} x {X.shape[1]}, {X.nnz} interactions in {time.perf_counter() - t0:.0f} s",
                   flush=True)
@@ -158,8 +158,19 @@ def scale(args) -> None:
         with connect("local", n_workers=args.workers) as client:
             res = train(str(store_path), params=params, client=client, out=str(work / "factors"), overwrite=True)
             peak = max(r["peak_total_bytes"] for r in res.stages.values()) / 2**30
-            row = {"n_items": n, "K": args.neighbors, "k": args.k, "train_seconds": round(res.seconds, 1),
-                   "peak_total_gib": round(peak, 2), "stages": _stage_table(res.stages)}
+            from edlae_dask.io.interactions import open_interactions
+
+            shape = open_interactions(str(store_path))
+            eig = res.stages["eigensolve"]["detail"]
+            row = {"n_items": n, "n_users": shape.n_users, "nnz": shape.nnz, "workers": len(client.nthreads()),
+                   "K": args.neighbors, "k": args.k, "train_seconds": round(res.seconds, 1),
+                   "peak_total_gib": round(peak, 2),
+                   "peak_worker_gib": round(max(r["peak_worker_bytes"] for r in res.stages.values()) / 2**30, 2),
+                   "eigensolver": {k: v for k, v in eig.items() if not isinstance(v, (list, dict))},
+                   "stages": _stage_table(res.stages),
+                   "peak_by_worker_gib": {name: {w.rsplit(":", 1)[-1]: round(b / 2**30, 2)
+                                                 for w, b in r.get("peak_by_worker", {}).items()}
+                                          for name, r in res.stages.items()}}
             if args.score_users:
                 from edlae_dask.io.interactions import read_shard
 
@@ -181,20 +192,22 @@ def scale(args) -> None:
 
 def _scale_report(rows, args, results) -> None:
     lines = ["# Scalable path: growth with the number of items", "",
-             f"Synthetic power-law data, 2 users per item, ~25 interactions per user; k={args.k}, K={args.neighbors}, "
+             f"Synthetic power-law data, {args.users_per_item:g} users per item, ~{args.mean_per_user:g} interactions "
+             f"per user; k={args.k}, K={args.neighbors}, "
              f"λ={args.lam}, p={args.p}, float32, embedded LocalCluster. Machine: {_machine()['cpu']}, "
              f"{os.cpu_count()} cores.", "",
-             "| items | train s | peak GiB | " + " | ".join(f"{s} s" for s in rows[0]["stages"])
+             "| items | interactions | train s | peak GiB | " + " | ".join(f"{s} s" for s in rows[0]["stages"])
              + " | score 10⁴ users: s | users/s |",
-             "|---:|---:|---:|" + "---:|" * (len(rows[0]["stages"]) + 2)]
+             "|---:|---:|---:|---:|" + "---:|" * (len(rows[0]["stages"]) + 2)]
     for r in rows:
         sc = r.get("score", {})
-        lines.append(f"| {r['n_items']:,} | {r['train_seconds']} | {r['peak_total_gib']} | "
+        lines.append(f"| {r['n_items']:,} | {r.get('nnz', '')} | {r['train_seconds']} | {r['peak_total_gib']} | "
                      + " | ".join(str(v["seconds"]) for v in r["stages"].values())
                      + f" | {sc.get('seconds', '')} | {sc.get('users_per_s', '')} |")
     lines += ["", "Peak memory: all worker processes and this one, sampled every 0.5 s. Command: "
               f"`python benchmarks/bench_scalable.py scale --items {' '.join(str(r['n_items']) for r in rows)} "
-              f"--neighbors {args.neighbors} --k {args.k}`"]
+              f"--neighbors {args.neighbors} --k {args.k} --users-per-item {args.users_per_item:g} "
+              f"--mean-per-user {args.mean_per_user:g}" + (f" --tag {args.tag}" if args.tag else "") + "`"]
     results.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
@@ -234,6 +247,9 @@ def main() -> None:
     s = sub.add_parser("scale")
     s.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     s.add_argument("--alpha", type=float, default=0.9)
+    s.add_argument("--users-per-item", type=float, default=2.0)
+    s.add_argument("--mean-per-user", type=float, default=25.0)
+    s.add_argument("--tag", default="", help="results/scalable-scale-TAG.{json,md,png} (default: no tag)")
     s.add_argument("--k", type=int, default=100)
     s.add_argument("--lam", type=float, default=50.0)
     s.add_argument("--p", type=float, default=0.25)
@@ -251,7 +267,7 @@ def main() -> None:
     if args.cmd == "accuracy":
         accuracy(args)
     elif args.report_only:  # re-make the table and plot from the JSON of the last run
-        results = HERE / "results" / "scalable-scale"
+        results = HERE / "results" / f"scalable-scale{'-' + args.tag if args.tag else ''}"
         _scale_report(json.loads(results.with_suffix(".json").read_text())["runs"], args, results)
     else:
         scale(args)
