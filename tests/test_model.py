@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from edlae_dask.config import TrainParams
-from edlae_dask.dense.student import student_factors, student_matrix, student_operator_implicit
+from edlae_dask.dense.student import (
+    panel_operator,
+    row_panels,
+    student_factors,
+    student_matrix,
+    student_operator_implicit,
+)
 from edlae_dask.dense.teacher import regularize, teacher_scaling
 from edlae_dask.errors import MemoryBudgetError, ModelFitError, ParameterError
 from edlae_dask.io.interactions import write_interactions
@@ -36,6 +42,22 @@ def test_student_matrix_equals_BtPB():
     d = teacher_scaling(np.diag(C))
     M = student_matrix(_as_dask(P, 6), _as_dask(C, 6), d).compute(scheduler="threads")
     np.testing.assert_allclose(M, B.T @ P @ B, rtol=1e-9, atol=1e-9 * np.abs(P).max())
+
+
+def test_the_eigensolver_applies_M_by_row_panels_one_product_each():
+    X = random_interactions(80, 19, 0.2, seed=1)
+    _, _, _, B, C, P = dense_algorithm1(X, 3, lam=2.0, p=0.3)
+    d = teacher_scaling(np.diag(C))
+    M = row_panels(student_matrix(_as_dask(P, 6), _as_dask(C, 6), d))  # ragged: rows 6, 6, 6, 1
+    assert M.chunks == ((6, 6, 6, 1), (19,))
+    Q = da.from_array(np.random.default_rng(0).standard_normal((19, 4)), chunks=((6, 6, 6, 1), (4,)))
+    MQ = panel_operator(M)(Q)
+    assert MQ.chunks == ((6, 6, 6, 1), (4,))
+    np.testing.assert_allclose(MQ.compute(scheduler="threads"), B.T @ P @ B @ Q.compute(), rtol=1e-9, atol=1e-9)
+    # one product per panel, no sum over blocks: the graph's products are as many as the panels
+    products = [k for k in dict(MQ.__dask_graph__()) if isinstance(k, tuple) and "matmul" in k[0]]
+    assert len(products) == 4
+    assert not [k for k in dict(MQ.__dask_graph__()) if isinstance(k, tuple) and "sum" in k[0]]
 
 
 def test_teacher_from_scaling_equals_closed_form_B():

@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 
 from edlae_dask.dense.gram import gram, partial_gram, shard_groups, sum_partials
-from edlae_dask.dense.student import student_factors, student_matrix
+from edlae_dask.dense.student import panel_operator, row_panels, student_factors, student_matrix
 from edlae_dask.dense.teacher import inverse, regularize, teacher_scaling
 from edlae_dask.errors import ModelFitError, StoreIntegrityError
 from edlae_dask.linalg import randomized_eigh
@@ -93,10 +93,10 @@ def run_dense(store, params, ctx):
     with ctx.stages.stage("student", "M = BᵀPB, block by block"):
         M = student_matrix(P, C, d)
         del G, P  # the Gram's blocks are released as M's blocks are made
-        M = ctx.persist(M)
+        M = ctx.persist(row_panels(M))
     with ctx.stages.stage("eigensolve", f"top-{params.k} eigenvectors of M") as info:
         eig = randomized_eigh(
-            M.__matmul__,  # a bound method, so `del M` below releases M's blocks
+            panel_operator(M),  # holds M only in a closure the solver drops, so `del M` below releases it
             n,
             params.k,
             row_chunks=M.chunks[0],

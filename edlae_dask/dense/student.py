@@ -19,7 +19,7 @@ import numpy as np
 
 from edlae_dask.linalg.graph import symmetric_from_lower
 
-__all__ = ["student_matrix", "student_operator_implicit", "student_factors"]
+__all__ = ["student_matrix", "row_panels", "panel_operator", "student_operator_implicit", "student_factors"]
 
 
 def _student_block(p: np.ndarray, c: np.ndarray, d_row: np.ndarray, d_col: np.ndarray, diagonal: bool) -> np.ndarray:
@@ -58,6 +58,30 @@ def student_matrix(P: da.Array, C: da.Array, d: np.ndarray) -> da.Array:
         for j in range(i + 1):
             lower[(i, j)] = (_student_block, (P.name, i, j), (C.name, i, j), parts[i], parts[j], i == j)
     return symmetric_from_lower(name, {}, lower, chunks, P.dtype, dependencies=[P, C])
+
+
+def row_panels(M: da.Array) -> da.Array:
+    """M re-blocked into full-width row panels (its row blocks × all columns), for :func:`panel_operator`.
+
+    Costs one pass over M (each panel concatenates its row's blocks; the blocks above
+    the diagonal, transposed views until now, are materialized).
+    """
+    return M.rechunk({1: -1})
+
+
+def panel_operator(M_panels: da.Array):
+    """``Q ↦ M·Q`` as one GEMM per row panel: ``(M·Q)_i = M[i, :]·Q``.
+
+    Q (n × l) is gathered into one block and sent once to each worker of a pass; each
+    worker multiplies its own row panels by it in one BLAS call each, so a pass is
+    ``len(panels)`` tasks with no sum over blocks (square blocks would need n_b² block
+    products and a tree sum of n_b·(n_b − 1) more blocks). Cost per pass 2·n²·l flops;
+    moved: n·l·itemsize to each worker.
+    """
+    def apply(Q: da.Array) -> da.Array:
+        return da.matmul(M_panels, Q.rechunk({0: -1}))
+
+    return apply
 
 
 def student_operator_implicit(P: da.Array, C: da.Array, d: np.ndarray):
