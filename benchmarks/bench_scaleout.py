@@ -28,6 +28,11 @@ HERE = Path(__file__).resolve().parent
 GiB = 2**30
 
 
+NOTE = ("Peaks: each worker's resident memory, sampled every 0.2 s, above that worker's idle resident memory "
+        "(measured after importing the library there). Resident memory does not fall back when a stage frees "
+        "arrays, so a stage's peak includes what the allocator kept from the stages before it.")
+
+
 def _machine() -> dict:
     import psutil
 
@@ -133,6 +138,7 @@ def main() -> None:
     for name in runs[0]["stages"]:
         lines.append(f"| {name} | " + " | ".join(f"{r['stages'].get(name, {}).get('max_peak_above_idle_gib', 0):.3f}"
                                                for r in runs) + " |")
+    lines += ["", NOTE]
     table = "\n".join(lines)
     print(table)
     out = HERE / "results" / f"scaleout-{args.path}"
