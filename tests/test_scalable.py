@@ -283,7 +283,9 @@ def test_no_task_of_the_scalable_path_reads_more_than_one_user_shard(tmp_path):
     assert n_tasks > 7
 
 
-def test_partitioned_path_on_ragged_shards_and_item_blocks_equals_dense_algorithm1(tmp_path):
+@pytest.mark.parametrize("entries", [None, 400])  # 400: neighbour blocks of a few items, across row blocks
+def test_partitioned_path_on_ragged_shards_and_item_blocks_equals_dense_algorithm1(tmp_path, monkeypatch, entries):
+    from edlae_dask import planning
     from edlae_dask.diagnostics import StageLog
     from edlae_dask.runtime import StageContext
     from edlae_dask.scalable.pipeline import row_blocks, run_scalable
@@ -294,12 +296,17 @@ def test_partitioned_path_on_ragged_shards_and_item_blocks_equals_dense_algorith
     store = write_interactions(tmp_path / "x.zarr", X, shard_size=100)  # 5 shards, the last holds 50 users
     ctx = StageContext(client=None, stages=StageLog(None), n_workers=3)
     assert row_blocks(61, 3) == (11, 11, 11, 11, 11, 6)  # ragged last item block
+    if entries is not None:
+        monkeypatch.setattr(planning, "NEIGHBOR_TASK_MIN_ENTRIES", entries)
+        monkeypatch.setattr(planning, "NEIGHBOR_TASK_ENTRIES", entries)
     import dask
 
     with dask.config.set(scheduler="threads"):
         res = run_scalable(store, TrainParams(k=k, lam=lam, p=p, dtype="float64", path="scalable", neighbors=60,
                                               n_power_iter=8, n_oversamples=20), ctx)
         U, V = res.U.compute(), res.V.compute()
+    n_blocks = ctx.stages.records[1].detail["blocks"]
+    assert n_blocks == 1 if entries is None else n_blocks > 6  # more neighbour blocks than row blocks
     U0, V0, w0, *_ = dense_algorithm1(X, k, lam, p)
     assert _rel(U, V, U0, V0) < 1e-5
 
