@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import dask.array as da
+import numpy as np
 
-from edlae_dask.linalg.graph import compute, persist
+from edlae_dask.linalg.graph import compute, persist, task
 
 
 @dataclass
@@ -47,6 +48,16 @@ class StageContext:
     def persist(self, x, *, progress: bool | None = None):
         """Persist ``x`` (a collection or a list of them) where the run computes, and wait for it."""
         return persist(x, self.client, progress=self.progress if progress is None else progress)
+
+    def share(self, stage: str, x):
+        """``x`` (an array every task of a stage reads) as one key the tasks name: sent once, not in each task.
+
+        On a cluster it is scattered (data sent directly, not inside a graph); in-process it
+        is a persisted delayed value.
+        """
+        if self.client is not None:
+            return self.client.scatter(x, hash=False)
+        return self.persist(task(stage, np.asarray, x), progress=False)
 
     def compute(self, x):
         """Compute ``x`` where the run computes and return the result."""

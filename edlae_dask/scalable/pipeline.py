@@ -165,8 +165,7 @@ def run_scalable(store, params, ctx) -> PathResult:
     p_diag = diag_g + lam_diag
     # n-vectors every task of a stage reads: one key each, sent to a worker once, not
     # embedded in (and shipped with) every task
-    diag_g_d, p_diag_d = ctx.persist([task("diag-g", np.asarray, diag_g), task("diag-p", np.asarray, p_diag)],
-                                     progress=False)
+    diag_g_d, p_diag_d = ctx.share("diag-g", diag_g), ctx.share("diag-p", p_diag)
 
     nblocks = balanced_item_blocks(bound, neighbor_task_entries(store.nnz, ctx.n_workers), max_items=8192)
     with stages.stage("neighbors",
