@@ -43,7 +43,7 @@ from edlae_dask.config import (
     options_of,
 )
 from edlae_dask.errors import EdlaeError, PathOption, as_user_error, internal_error_line
-from edlae_dask.jobspec import check_inputs, describe, job_of, load_job_spec, missing_key
+from edlae_dask.jobspec import check_inputs, describe, job_of, load_job_spec, missing_key, plan_train
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("edlae_dask.cli")
@@ -234,7 +234,9 @@ class SpecCommand(click.Command):
             help="Job spec (YAML, see jobs/README.md); flags given here override its keys."))
         self.params.append(click.Option(
             ["--check"], is_flag=True,
-            help="Validate the spec and options (keys, types, inputs exist, cluster spec), print them, and stop."))
+            help="Validate the spec and options (keys, types, value ranges, inputs exist, cluster spec; for train "
+                 "also the output path, the memory estimate and the path auto would choose), print them as a "
+                 "spec, and stop; no cluster is started."))
 
     def parse_args(self, ctx, args):
         try:
@@ -248,6 +250,11 @@ class SpecCommand(click.Command):
                 if spec_file is None or exc.param is None:
                     raise
                 raise missing_key(spec_file, self.name, exc.param.name) from exc
+            if "cluster" in ctx.params:  # DASK_SCHEDULER_ADDRESS, where no --cluster was given
+                from edlae_dask.cluster import cluster_from_environment
+
+                given = ctx.get_parameter_source("cluster") not in (ParameterSource.DEFAULT, None)
+                ctx.params["cluster"] = cluster_from_environment(ctx.params["cluster"], given=given)
             if spec_file is not None or ctx.params.get("check"):
                 from_spec = {n: ctx.get_parameter_source(n) == ParameterSource.DEFAULT_MAP for n in ctx.params}
                 check_inputs(self.name, ctx.params, sources=from_spec, spec_file=spec_file)
@@ -263,7 +270,13 @@ class SpecCommand(click.Command):
     def invoke(self, ctx):
         ctx.params.pop("spec_file", None)
         if ctx.params.pop("check", False):
-            click.echo(describe(self.name, ctx.params))
+            try:  # what the run would find before its first task: the store's shape, the output, the memory
+                notes = plan_train(ctx.params) if self.name == "train" else []
+            except _PASS_THROUGH:
+                raise
+            except BaseException as exc:
+                _fail(exc, ctx)
+            click.echo(describe(self.name, ctx.params, notes))
             return None
         return super().invoke(ctx)
 
