@@ -43,7 +43,7 @@ from edlae_dask.config import (
     options_of,
 )
 from edlae_dask.errors import EdlaeError, PathOption, as_user_error, internal_error_line
-from edlae_dask.jobspec import check_inputs, describe, job_of, load_job_spec, missing_key, plan_train
+from edlae_dask.jobspec import check_inputs, describe, job_of, load_job_spec, missing_key, plan
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("edlae_dask.cli")
@@ -271,7 +271,7 @@ class SpecCommand(click.Command):
         ctx.params.pop("spec_file", None)
         if ctx.params.pop("check", False):
             try:  # what the run would find before its first task: the store's shape, the output, the memory
-                notes = plan_train(ctx.params) if self.name == "train" else []
+                notes = plan(self.name, ctx.params)
             except _PASS_THROUGH:
                 raise
             except BaseException as exc:

@@ -284,6 +284,42 @@ def _absolute(value, kind: str):
     return os.path.abspath(os.path.expanduser(value.removeprefix("file://")))
 
 
+def plan(job: str, params: dict) -> list[str]:
+    """What ``--check`` finds of a job beyond its options: lines to print (:func:`describe`'s notes).
+
+    ``train``: :func:`plan_train`. ``ingest --out`` and ``evaluate --out``: the output path
+    rule (an existing output needs ``--overwrite``), as the job checks it before its work.
+
+    Raises
+    ------
+    EdlaeError
+        What the job would raise before its work.
+    """
+    if job == "train":
+        return plan_train(params)
+    out = params.get("out")
+    if job == "ingest" and out is not None:
+        from edlae_dask.io.interactions import check_output_path
+
+        path = check_output_path(out, overwrite=bool(params.get("overwrite")),
+                                 storage_options=params.get("storage_options"))
+        return [f"out: {path} " + ("will be replaced (--overwrite)" if _exists(path) else "will be created")]
+    if job == "evaluate" and out is not None:
+        from edlae_dask.io.versioned import check_new_file
+
+        path = check_new_file(out, overwrite=bool(params.get("overwrite")), option="--out")
+        return [f"out: {path} " + ("will be replaced (--overwrite)" if os.path.lexists(path) else "will be written")]
+    return []
+
+
+def _exists(path: str) -> bool:
+    if "://" not in path:
+        return os.path.lexists(path)
+    from edlae_dask.io._fs import location
+
+    return location(path).exists()
+
+
 def plan_train(params: dict) -> list[str]:
     """What a train job with these parameters would do, found before any cluster starts; lines to print.
 

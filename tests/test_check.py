@@ -1,4 +1,4 @@
-"""``train --check``: what the run would do, found before any cluster starts, printed as a reusable spec.
+"""``--check``: what the run would do, found before any cluster starts, printed as a reusable spec.
 
 The oracle of the memory lines is :mod:`edlae_dask.planning`'s arithmetic on the store's shape and the local
 cluster's planned workers; of the printed spec, running it.
@@ -153,3 +153,17 @@ def test_the_printed_spec_runs_the_same_job_from_anywhere(tmp_path, store, monke
     assert ran.exit_code == 0, ran.stderr
     f = open_factors(tmp_path / "f")
     assert f.k == 3 and f.meta["dtype"] == "float64" and np.isfinite(f.eigenvalues).all()
+
+
+def test_check_of_ingest_and_evaluate_applies_their_output_rules(tmp_path, store, no_cluster):
+    csv = tmp_path / "day.csv"
+    csv.write_text("user,item\n1,10\n2,11\n")
+    exists = _invoke("ingest", csv, "--out", store, "--check")
+    assert exists.exit_code == 1 and "--overwrite" in exists.stderr and exists.stdout == ""
+    replace = _invoke("ingest", csv, "--out", store, "--overwrite", "--check")
+    assert replace.exit_code == 0 and _notes(replace.stdout)["out"] == f"{store} will be replaced (--overwrite)"
+    new = _invoke("ingest", csv, "--out", tmp_path / "new.zarr", "--check")
+    assert new.exit_code == 0 and _notes(new.stdout)["out"] == f"{tmp_path / 'new.zarr'} will be created"
+    assert not (tmp_path / "new.zarr").exists()
+    taken = _invoke("evaluate", "--interactions", store, "--k", 3, "--out", csv, "--check")
+    assert taken.exit_code == 1 and "--overwrite" in taken.stderr
