@@ -430,7 +430,10 @@ def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
     import numpy as np
     import pandas as pd
 
-    from edlae_dask.cluster import connect
+    from edlae_dask.cluster import cluster_from_environment, connect
+
+    ctx = click.get_current_context()
+    cluster = cluster_from_environment(cluster, given=ctx.get_parameter_source("cluster") != ParameterSource.DEFAULT)
     from edlae_dask.ingestion import ingest as run_ingest
     from edlae_dask.pipeline import train as run_train
     from edlae_dask.synthetic import make_interactions
