@@ -282,3 +282,25 @@ def test_a_failed_train_fails_the_daskjob_and_a_scheduled_run_is_retried_by_its_
     assert job["backoffLimit"] >= 1 and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     readme = (K8S.parent / "README.md").read_text()
     assert "restartPolicy: Never" in readme and "backoffLimit" in readme
+
+
+def test_a_scheduler_file_value_names_a_file_resolved_where_it_is_given(tmp_path):
+    spec = parse_cluster("scheduler-file:sched.json", base_dir=tmp_path)
+    assert (spec.kind, spec.options) == ("scheduler-file", {"scheduler_file": str(tmp_path / "sched.json")})
+    with pytest.raises(ParameterError, match="names no file"):
+        parse_cluster("scheduler-file:")
+    with pytest.raises(ParameterError, match="is a directory"):
+        parse_cluster(f"scheduler-file:{tmp_path}")
+
+
+def test_a_scheduler_file_that_never_appears_is_a_clear_error(tmp_path):
+    from edlae_dask.cluster import _read_scheduler_file
+
+    with pytest.raises(ParameterError, match=r"does not exist after waiting 0.2s; start the scheduler with `dask "
+                                             r"scheduler --scheduler-file"):
+        _read_scheduler_file(str(tmp_path / "sched.json"), "0.2s")
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(ParameterError, match="holds no scheduler address"):
+        _read_scheduler_file(str(tmp_path / "junk.json"), "0.2s")
+    (tmp_path / "ok.json").write_text('{"address": "tcp://127.0.0.1:8786"}')
+    assert _read_scheduler_file(str(tmp_path / "ok.json"), "0.2s") == "tcp://127.0.0.1:8786"
