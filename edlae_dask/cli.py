@@ -43,22 +43,52 @@ from edlae_dask.config import (
     options_of,
 )
 from edlae_dask.errors import EdlaeError, PathOption, as_user_error, internal_error_line
-from edlae_dask.jobspec import check_inputs, describe, job_of, load_job_spec, missing_key
+from edlae_dask.jobspec import check_inputs, describe, job_of, load_job_spec, missing_key, plan
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("edlae_dask.cli")
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO
+def _setup_logging(verbosity: int) -> None:
+    """Log to stderr: warnings only below 0 (``-q``), INFO at 0, DEBUG at 1 (``-v``), Dask's INFO too at 2 (``-vv``).
+
+    A job's report lines (:data:`edlae_dask.diagnostics.REPORT`) are left out: the command prints them on stdout.
+    """
+    from edlae_dask.diagnostics import is_report_line
+
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not is_report_line(record))
     import distributed  # noqa: F401  (configures its loggers on import; quiet them after)
 
     for noisy in ("distributed", "tornado", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbosity < 2 else logging.INFO)
     # bokeh warns that the (loopback-bound) dashboard accepts any Host header
-    logging.getLogger("bokeh").setLevel(logging.ERROR if verbose < 2 else logging.INFO)
+    logging.getLogger("bokeh").setLevel(logging.ERROR if verbosity < 2 else logging.INFO)
+
+
+_VERBOSITY = "edlae_dask.verbosity"  # the root context's meta key: -v counts up, -q down, wherever given
+
+
+def _more_or_less(sign: int):
+    def callback(ctx: click.Context, param, value: int):
+        if value:
+            meta = ctx.find_root().meta
+            meta[_VERBOSITY] = meta.get(_VERBOSITY, 0) + sign * value
+            _setup_logging(meta[_VERBOSITY])
+        return value
+
+    return callback
+
+
+def verbosity_options(fn):
+    """``-v``/``--verbose`` and ``-q``/``--quiet`` on a command: the same as given before it (``edlae-dask -q``)."""
+    fn = click.option("-q", "--quiet", count=True, expose_value=False, callback=_more_or_less(-1),
+                      help="Less log output: warnings and errors only (the results still print).")(fn)
+    return click.option("-v", "--verbose", count=True, expose_value=False, callback=_more_or_less(+1),
+                        help="More log output (-vv: also Dask's).")(fn)
 
 
 #: Exit statuses: a user's error (bad input, a full disk, ...: fix it and rerun), and an internal error (a bug:
@@ -234,7 +264,9 @@ class SpecCommand(click.Command):
             help="Job spec (YAML, see jobs/README.md); flags given here override its keys."))
         self.params.append(click.Option(
             ["--check"], is_flag=True,
-            help="Validate the spec and options (keys, types, inputs exist, cluster spec), print them, and stop."))
+            help="Validate the spec and options (keys, types, value ranges, inputs exist, cluster spec; for train "
+                 "also the output path, the memory estimate and the path auto would choose), print them as a "
+                 "spec, and stop; no cluster is started."))
 
     def parse_args(self, ctx, args):
         try:
@@ -248,6 +280,11 @@ class SpecCommand(click.Command):
                 if spec_file is None or exc.param is None:
                     raise
                 raise missing_key(spec_file, self.name, exc.param.name) from exc
+            if "cluster" in ctx.params:  # DASK_SCHEDULER_ADDRESS, where no --cluster was given
+                from edlae_dask.cluster import cluster_from_environment
+
+                given = ctx.get_parameter_source("cluster") not in (ParameterSource.DEFAULT, None)
+                ctx.params["cluster"] = cluster_from_environment(ctx.params["cluster"], given=given)
             if spec_file is not None or ctx.params.get("check"):
                 from_spec = {n: ctx.get_parameter_source(n) == ParameterSource.DEFAULT_MAP for n in ctx.params}
                 check_inputs(self.name, ctx.params, sources=from_spec, spec_file=spec_file)
@@ -263,7 +300,13 @@ class SpecCommand(click.Command):
     def invoke(self, ctx):
         ctx.params.pop("spec_file", None)
         if ctx.params.pop("check", False):
-            click.echo(describe(self.name, ctx.params))
+            try:  # what the run would find before its first task: the store's shape, the output, the memory
+                notes = plan(self.name, ctx.params)
+            except _PASS_THROUGH:
+                raise
+            except BaseException as exc:
+                _fail(exc, ctx)
+            click.echo(describe(self.name, ctx.params, notes))
             return None
         return super().invoke(ctx)
 
@@ -298,18 +341,21 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="edlae-dask")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv: also Dask's).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: also Dask's); also after the command.")
+@click.option("-q", "--quiet", count=True, help="Less log output: warnings and errors only; also after the command.")
 @click.option("--debug", is_flag=True, help="On an error, also print its Python traceback.")
 @click.pass_context
-def cli(ctx, verbose, debug):
+def cli(ctx, verbose, quiet, debug):
     """Train and serve the low-rank EDLAE recommender (Steck & Garcia Garcia 2021) on Dask."""
-    _setup_logging(verbose)
+    ctx.meta[_VERBOSITY] = verbose - quiet
+    _setup_logging(ctx.meta[_VERBOSITY])
 
 
 # --------------------------------------------------------------------------- ingest
 
 
 @cli.command(cls=SpecCommand)
+@verbosity_options
 @options_from(IngestOptions)
 @_user_errors
 def ingest(source, out, append, items_from, fmt, user_col, item_col, value_col, min_value, min_user_interactions,
@@ -330,6 +376,7 @@ def ingest(source, out, append, items_from, fmt, user_col, item_col, value_col, 
 
 
 @cli.command(cls=SpecCommand)
+@verbosity_options
 @options_from(TrainOptions)
 @_user_errors
 def train(interactions, out, overwrite, checkpoint_dir, cluster, n_workers, progress, storage_options, **model):
@@ -355,15 +402,25 @@ def _print_train_summary(res, out) -> None:
         click.echo(f"{name:<12}{rec['seconds']:>9.2f}{rec['peak_total_bytes'] / GiB:>16.2f}"
                    f"{rec['peak_worker_bytes'] / GiB:>17.2f}")
     r = res.ritz_residuals
-    click.echo(f"eigensolver: {res.eigensolver}; Ritz residuals max {r.max():.2e}, "
+    click.echo(f"eigensolver: {_eigensolver_words(res.eigensolver)}; Ritz residuals max {r.max():.2e}, "
                f"median {float(sorted(r)[len(r) // 2]):.2e}; "
                f"eigenvalues {res.eigenvalues[0]:.4g} … {res.eigenvalues[-1]:.4g}")
+
+
+def _eigensolver_words(info: dict) -> str:
+    """The eigensolver's settings as words: ``subspace iteration, 3 power passes, 27 oversamples, 5 products``."""
+    words = {"method": "{} iteration", "n_power_iter": "{} power passes", "n_oversamples": "{} oversamples",
+             "n_matvecs": "{} products with the student matrix", "n_matvec_columns": "{} columns in all",
+             "block_size": "blocks of {}"}
+    keys = [k for k in words if k in info] + [k for k in info if k not in words]
+    return ", ".join(words.get(key, key.replace("_", " ") + " {}").format(info[key]) for key in keys)
 
 
 # --------------------------------------------------------------------------- demo
 
 
 @cli.command()
+@verbosity_options
 @options_from(DemoOptions)
 @_user_errors
 def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
@@ -373,7 +430,10 @@ def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
     import numpy as np
     import pandas as pd
 
-    from edlae_dask.cluster import connect
+    from edlae_dask.cluster import cluster_from_environment, connect
+
+    ctx = click.get_current_context()
+    cluster = cluster_from_environment(cluster, given=ctx.get_parameter_source("cluster") != ParameterSource.DEFAULT)
     from edlae_dask.ingestion import ingest as run_ingest
     from edlae_dask.pipeline import train as run_train
     from edlae_dask.synthetic import make_interactions
@@ -412,8 +472,13 @@ def demo(workdir, n_users, n_items, cluster, n_workers, progress, **model):
     scores = np.asarray(x @ U) @ V.T
     scores[0, x.indices] = -np.inf
     top = top_n(scores, min(10, scores.shape[1]))[0][0]  # the package's one top-N rule
-    click.echo(f"user {store.user_ids()[0]} has items {f.item_ids[x.indices][:10].tolist()}; "
-               f"top-10 recommendations: {f.item_ids[top].tolist()}")
+    click.echo(f"user {store.user_ids()[0]} has items {_ids(f.item_ids[x.indices][:10])}; "
+               f"top-10 recommendations: {_ids(f.item_ids[top])}")
+
+
+def _ids(ids) -> str:
+    """Ids as a person writes them: ``1, 50, 260``."""
+    return ", ".join(str(i) for i in ids.tolist())
 
 
 _DEMO_MARKER = ".edlae-demo"
@@ -504,6 +569,7 @@ def _count_or_fraction(text: str):
 
 
 @cli.command(cls=SpecCommand)
+@verbosity_options
 @options_from(EvaluateOptions)
 @_user_errors
 def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, block_size, max_concurrent,
@@ -543,6 +609,7 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
 
 
 @cli.command(cls=SpecCommand)
+@verbosity_options
 @options_from(ScoreOptions)
 @_user_errors
 def score(factors, interactions, out, top_n, cluster, n_workers, item_block, user_batch, include_seen, items_allow,
@@ -561,6 +628,7 @@ def score(factors, interactions, out, top_n, cluster, n_workers, item_block, use
 
 
 @cli.command()
+@verbosity_options
 @options_from(ExportOptions)
 @_user_errors
 def export(recs, out, overwrite, storage_options):
@@ -579,6 +647,7 @@ def export(recs, out, overwrite, storage_options):
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@verbosity_options
 @click.argument("spec_file", metavar="SPEC", type=click.Path())
 @click.argument("flags", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -601,6 +670,7 @@ def run(ctx, spec_file, flags):
 
 
 @cli.command()
+@verbosity_options
 @options_from(InfoOptions)
 @_user_errors
 def info(path, storage_options):
@@ -619,6 +689,7 @@ def info(path, storage_options):
 
 
 @cli.command()
+@verbosity_options
 @options_from(VerifyOptions)
 @_user_errors
 def verify(path, version, storage_options):

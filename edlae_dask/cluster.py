@@ -9,6 +9,9 @@
   problems, debugging);
 - ``"tcp://host:port"`` or ``"tls://host:port"``: an existing scheduler (workers
   started elsewhere: ``dask worker``, SLURM, Kubernetes; see ``cluster/README.md``);
+- ``"scheduler-file:PATH"``: the scheduler that ``dask scheduler --scheduler-file PATH``
+  started (its address read from that JSON file, as ``Client(scheduler_file=PATH)``;
+  a relative PATH is relative to the working directory, or to the job spec naming it);
 - the path of a cluster spec file (YAML), one of::
 
       kind: local      # n-workers, threads-per-worker, memory-limit, host, dashboard-address
@@ -24,6 +27,11 @@ Nothing edlae-dask starts listens beyond 127.0.0.1 unless a spec says so (``host
 of a local spec; ``interface:``/``host:`` of a SLURM spec, which needs one because
 its workers run on other nodes), and dashboards bind to loopback unless a spec
 names another ``dashboard-address``.
+
+The CLI's default, ``local``, gives way to the environment as Dask users expect:
+with ``DASK_SCHEDULER_ADDRESS`` set (the Dask Kubernetes operator sets it in a job's
+pod) and no ``--cluster`` given, a job connects to that scheduler and logs so
+(:func:`cluster_from_environment`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ from edlae_dask.errors import ParameterError
 log = logging.getLogger("edlae_dask.cluster")
 
 KEYWORDS = ("local", "threads")
+#: ``--cluster scheduler-file:PATH``: the scheduler that wrote PATH (``dask scheduler --scheduler-file PATH``)
+SCHEDULER_FILE = "scheduler-file:"
+#: The environment variable naming the scheduler of a job whose ``--cluster`` is left at its default
+ADDRESS_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 _SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")  # distributed's comm protocols
 LOOPBACK = "127.0.0.1"
 
@@ -131,7 +143,7 @@ class ClusterSpec:
     Attributes
     ----------
     kind : str
-        ``"local"``, ``"threads"``, ``"address"`` or ``"slurm"``.
+        ``"local"``, ``"threads"``, ``"address"``, ``"scheduler-file"`` or ``"slurm"``.
     options : dict
         The kind's keys, snake_case, defaults not filled in.
     tls : TLSFiles or None
@@ -174,6 +186,8 @@ def parse_cluster(value, *, base_dir: str | os.PathLike | None = None) -> Cluste
     text = str(value)
     if text in KEYWORDS:
         return ClusterSpec(text)
+    if text.startswith(SCHEDULER_FILE):
+        return _scheduler_file_spec(text, base_dir)
     if "://" in text:
         return _from_mapping({"kind": "address", "address": text}, source=None, base_dir=Path("."))
     path = Path(base_dir or ".") / text
@@ -184,6 +198,49 @@ def parse_cluster(value, *, base_dir: str | os.PathLike | None = None) -> Cluste
             f"(no file {str(path)!r} exists; see cluster/README.md)"
         )
     return load_cluster_spec(path)
+
+
+def _scheduler_file_spec(text: str, base_dir) -> ClusterSpec:
+    """``scheduler-file:PATH``: the file need not exist yet (its scheduler may still be starting)."""
+    name = text[len(SCHEDULER_FILE):]
+    if not name.strip():
+        raise ParameterError(f"--cluster {text!r} names no file: write scheduler-file:PATH, PATH the file that "
+                             "`dask scheduler --scheduler-file PATH` writes")
+    path = (Path(base_dir or ".") / os.path.expanduser(name)).resolve()
+    if path.is_dir():
+        raise ParameterError(f"--cluster {text!r}: {str(path)!r} is a directory, not a scheduler file; give the "
+                             "file `dask scheduler --scheduler-file PATH` writes")
+    return ClusterSpec("scheduler-file", {"scheduler_file": str(path)})
+
+
+def cluster_from_environment(cluster, *, given: bool):
+    """The cluster a job uses: ``cluster``, or the scheduler ``DASK_SCHEDULER_ADDRESS`` names.
+
+    Parameters
+    ----------
+    cluster : str or None
+        The ``--cluster`` value (its default, ``local``, when not given).
+    given : bool
+        Whether the user chose it (on the command line or in a job spec): then it is kept.
+
+    Returns
+    -------
+    str
+        ``DASK_SCHEDULER_ADDRESS`` when it is set (not empty) and ``cluster`` was not given; else ``cluster``.
+        Which one is logged.
+
+    Raises
+    ------
+    ParameterError
+        ``DASK_SCHEDULER_ADDRESS`` is not a scheduler address.
+    """
+    address = os.environ.get(ADDRESS_VARIABLE, "").strip()
+    if given or not address:
+        return cluster
+    _check_address(address, None, f"the environment variable {ADDRESS_VARIABLE}")
+    log.info("cluster: %s is set and no --cluster was given: the job uses the scheduler at %s (--cluster local: "
+             "the embedded cluster)", ADDRESS_VARIABLE, address)
+    return address
 
 
 def load_cluster_spec(path: str | os.PathLike) -> ClusterSpec:
@@ -375,7 +432,7 @@ def connect(cluster="local", *, n_workers: int | None = None, memory_limit=None)
         return
     from distributed import Client
 
-    if spec.kind == "address":
+    if spec.kind in ("address", "scheduler-file"):
         with _address_client(spec) as client:
             _log_client(client)
             yield client
@@ -416,14 +473,48 @@ def _drop_compute_failed(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Compute Failed")
 
 
+def _read_scheduler_file(path: str, timeout) -> str:
+    """The address in the scheduler file ``path``, waiting up to ``timeout`` for its scheduler to write it."""
+    import json
+    import time
+
+    from dask.utils import parse_timedelta
+
+    deadline = time.monotonic() + parse_timedelta(timeout, "s")
+    problem = "it does not exist"
+    while True:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                address = json.load(fh)["address"]
+            if isinstance(address, str) and "://" in address:
+                return address
+            problem = f"its address {address!r} is not a scheduler address"
+        except FileNotFoundError:
+            problem = "it does not exist"
+        except (ValueError, KeyError, TypeError):  # being written, or not a scheduler file
+            problem = "it holds no scheduler address (JSON with an 'address')"
+        except OSError as exc:
+            raise ParameterError(f"--cluster {SCHEDULER_FILE}{path}: cannot read it: {exc.strerror or exc}") from exc
+        if time.monotonic() > deadline:
+            raise ParameterError(f"--cluster {SCHEDULER_FILE}{path}: {problem} after waiting {timeout}; start the "
+                                 f"scheduler with `dask scheduler --scheduler-file {path}`, or fix the path")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def _address_client(spec: ClusterSpec):
     from distributed import Client
 
-    address = _expand_address(spec.options["address"], spec.where)
+    if spec.kind == "scheduler-file":
+        address = _read_scheduler_file(spec.options["scheduler_file"], spec.options.get("timeout", "20s"))
+        log.info("cluster: scheduler %s, read from %s", address, spec.options["scheduler_file"])
+    else:
+        address = _expand_address(spec.options["address"], spec.where)
     security = spec.tls.security() if spec.tls else None
     try:
-        client = Client(address, timeout=spec.options.get("timeout", "20s"), security=security)
+        timeout = spec.options.get("timeout", "20s")
+        client = (Client(scheduler_file=spec.options["scheduler_file"], timeout=timeout, security=security)
+                  if spec.kind == "scheduler-file" else Client(address, timeout=timeout, security=security))
     except (OSError, TypeError) as exc:
         no_certificates = address.startswith("tls://") and security is None
         if isinstance(exc, TypeError) and not no_certificates:
@@ -474,6 +565,34 @@ def _accepts_n_workers(client) -> bool:
     import inspect
 
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+def planned_memory(cluster, *, n_workers: int | None = None) -> tuple[int, int, int] | None:
+    """(total memory limit, smallest worker limit, workers) a job on ``cluster`` would have; None if unknown.
+
+    Nothing is started: ``local`` (a keyword or a ``local`` spec) is what :func:`make_cluster`
+    would build (``n_workers`` overrides the spec's), ``threads`` this machine's available
+    memory (as :func:`cluster_memory` without a client); an existing scheduler or a SLURM
+    cluster is known only once connected (None).
+    """
+    from dask.utils import parse_bytes
+
+    spec = parse_cluster(cluster)
+    if spec.kind == "threads":
+        return cluster_memory(None)
+    if spec.kind != "local":
+        return None
+    limit = spec.options.get("memory_limit")
+    if limit == "auto":
+        limit = None  # distributed's "auto": the machine's memory split evenly, as our default
+    elif isinstance(limit, str):
+        try:
+            limit = parse_bytes(limit)
+        except ValueError as exc:
+            raise ParameterError(f"{spec.where}: memory-limit {limit!r} is not a size; write e.g. 4GiB") from exc
+    kwargs = _local_cluster_kwargs(n_workers or spec.options.get("n_workers"), limit)
+    per_worker = int(kwargs["memory_limit"])
+    return per_worker * kwargs["n_workers"], per_worker, kwargs["n_workers"]
 
 
 def cluster_memory(client) -> tuple[int, int, int]:

@@ -22,6 +22,16 @@ log = logging.getLogger("edlae_dask")
 
 GiB = 1024**3
 
+#: A log record's attribute that marks it as a line of a job's report (the summary a command prints on stdout):
+#: ``log.info(line, extra=REPORT_LINE)``. The CLI drops such records from the log, so that no line appears twice.
+REPORT = "edlae_report"
+REPORT_LINE = {REPORT: True}
+
+
+def is_report_line(record: logging.LogRecord) -> bool:
+    """Whether ``record`` was logged with :data:`REPORT_LINE`."""
+    return bool(getattr(record, REPORT, False))
+
 
 def _rss() -> int:
     return psutil.Process(os.getpid()).memory_info().rss

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,8 +199,10 @@ def _resolve(value: str, base: Path) -> str:
 
 
 def _resolve_cluster(value: str, base: Path) -> str:
-    from edlae_dask.cluster import KEYWORDS
+    from edlae_dask.cluster import KEYWORDS, SCHEDULER_FILE
 
+    if value.startswith(SCHEDULER_FILE):
+        return SCHEDULER_FILE + _resolve(value[len(SCHEDULER_FILE):], base)
     return value if value in KEYWORDS or "://" in value else _resolve(value, base)
 
 
@@ -244,8 +247,13 @@ def check_inputs(job: str, params: dict, *, sources: dict | None = None, spec_fi
                 raise ParameterError(f"{where(opt.name)}{opt.key!r}: {exc}") from exc
 
 
-def describe(job: str, params: dict) -> str:
-    """The resolved options as a job spec (YAML): what ``--check`` prints, the job would run with."""
+def describe(job: str, params: dict, notes: list[str] | tuple[str, ...] = ()) -> str:
+    """The resolved options as a job spec (YAML): what ``--check`` prints, the job would run with.
+
+    Local paths are absolute (so the printed spec is a spec that runs the same job from
+    anywhere); ``notes`` (what the job would do: :func:`plan_train`) are YAML comments
+    above the keys.
+    """
     import yaml
 
     by_name = {o.name: o for o in job_options(job)}
@@ -254,8 +262,126 @@ def describe(job: str, params: dict) -> str:
         if value is not None and value != ():
             opt = by_name[name]
             value = _redacted(value) if opt.type is dict else value
+            if opt.kind in (PATH, INPUT, CLUSTER):
+                value = [_absolute(v, opt.kind) for v in value] if isinstance(value, (list, tuple)) else (
+                    _absolute(value, opt.kind))
             body[opt.key] = list(value) if isinstance(value, tuple) else value
-    return f"# {job}: spec and options are valid\n" + yaml.safe_dump(body, sort_keys=False)
+    comments = "".join(f"# {line}\n" for line in notes)
+    return f"# {job}: spec and options are valid\n{comments}" + yaml.safe_dump(body, sort_keys=False)
+
+
+def _absolute(value, kind: str):
+    """A local path (or a cluster spec file, or ``scheduler-file:PATH``) made absolute; the rest as it is."""
+    from edlae_dask.cluster import KEYWORDS, SCHEDULER_FILE
+
+    if not isinstance(value, str) or "://" in value and not value.startswith("file://"):
+        return value
+    if kind == CLUSTER:
+        if value.startswith(SCHEDULER_FILE):
+            return SCHEDULER_FILE + os.path.abspath(value[len(SCHEDULER_FILE):])
+        if value in KEYWORDS:
+            return value
+    return os.path.abspath(os.path.expanduser(value.removeprefix("file://")))
+
+
+def plan(job: str, params: dict) -> list[str]:
+    """What ``--check`` finds of a job beyond its options: lines to print (:func:`describe`'s notes).
+
+    ``train``: :func:`plan_train`. ``ingest --out`` and ``evaluate --out``: the output path
+    rule (an existing output needs ``--overwrite``), as the job checks it before its work.
+
+    Raises
+    ------
+    EdlaeError
+        What the job would raise before its work.
+    """
+    if job == "train":
+        return plan_train(params)
+    out = params.get("out")
+    if job == "ingest" and out is not None:
+        from edlae_dask.io.interactions import check_output_path
+
+        path = check_output_path(out, overwrite=bool(params.get("overwrite")),
+                                 storage_options=params.get("storage_options"))
+        return [f"out: {path} " + ("will be replaced (--overwrite)" if _exists(path) else "will be created")]
+    if job == "evaluate" and out is not None:
+        from edlae_dask.io.versioned import check_new_file
+
+        path = check_new_file(out, overwrite=bool(params.get("overwrite")), option="--out")
+        return [f"out: {path} " + ("will be replaced (--overwrite)" if os.path.lexists(path) else "will be written")]
+    return []
+
+
+def _exists(path: str) -> bool:
+    if "://" not in path:
+        return os.path.lexists(path)
+    from edlae_dask.io._fs import location
+
+    return location(path).exists()
+
+
+def plan_train(params: dict) -> list[str]:
+    """What a train job with these parameters would do, found before any cluster starts; lines to print.
+
+    Reads the interaction store's metadata (its shape), checks the model's values
+    against it (k below the number of items), the output path rules (exists: needs
+    ``--overwrite``), and estimates the memory of both paths with
+    :mod:`edlae_dask.planning`. For the embedded cluster (``local``, ``threads``) the
+    planned workers' memory limits are known, and the path ``auto`` would choose is
+    said (or the run's :class:`MemoryBudgetError`, raised); for an existing scheduler
+    or SLURM only the estimates (the path is chosen against the workers that join).
+
+    Raises
+    ------
+    EdlaeError
+        What the run would raise before its first task: an unreadable store, a bad k,
+        an output that needs ``--overwrite``, a run that cannot fit the local cluster.
+    """
+    import numpy as np
+    from dask.utils import format_bytes
+
+    from edlae_dask.cluster import parse_cluster, planned_memory
+    from edlae_dask.config import TrainParams, build
+    from edlae_dask.io.factors import OUTPUT_STATES, output_state
+    from edlae_dask.io.interactions import open_interactions
+    from edlae_dask.planning import USABLE_MEMORY, choose_path, dense_memory_estimate, scalable_memory_estimate
+
+    storage = params.get("storage_options")
+    store = open_interactions(params["interactions"], storage_options=storage)
+    model = build(TrainParams, {o.name: params[o.name] for o in options_of(TrainParams) if o.name in params})
+    model.validate(store.n_items)
+    n, itemsize = store.n_items, np.dtype(model.dtype).itemsize
+    interactions = _absolute(params["interactions"], INPUT)
+    lines = [f"interactions: {interactions} holds {store.n_users:,} users x {n:,} items, {store.nnz:,} interactions, "
+             f"{store.n_shards} shards"]
+    if params.get("out") is not None:
+        state = output_state(params["out"], overwrite=bool(params.get("overwrite")), storage_options=storage)
+        lines.append(f"out: {_absolute(params['out'], PATH)} {OUTPUT_STATES[state]}")
+    memory = planned_memory(params.get("cluster"), n_workers=params.get("n_workers"))
+    dense = dense_memory_estimate(n, model.k, itemsize)
+    if memory is None:
+        kind = parse_cluster(params.get("cluster")).kind
+        scalable = scalable_memory_estimate(n, store.n_users, store.nnz, model.k, min(model.neighbors, n - 1),
+                                            itemsize, 1, model.n_oversamples)
+        lines += [f"memory: the dense path needs about {format_bytes(dense)}, the scalable path about "
+                  f"{format_bytes(scalable)} with one worker (more with more: each holds X)",
+                  f"path: {model.path}, " + ("chosen" if model.path == "auto" else "checked")
+                  + f" against the memory limits of the workers of the {kind} cluster once connected "
+                  "(--check contacts no cluster)"]
+        return lines
+    total, smallest, n_workers = memory
+    planning = logging.getLogger("edlae_dask.planning")
+    level = planning.level
+    planning.setLevel(logging.WARNING)  # its "path: ..." line would say again what is printed here
+    try:
+        path, need = choose_path(store, model, total, n_workers, smallest)
+    finally:
+        planning.setLevel(level)
+    lines += [f"memory: the {path} path needs about {format_bytes(need)} of {format_bytes(USABLE_MEMORY * total)} "
+              f"usable ({USABLE_MEMORY:.0%} of {n_workers} workers' {format_bytes(total)})"
+              + ("" if path == "dense" else f"; the dense path would need {format_bytes(dense)}"),
+              f"path: {path}" + (" (auto would choose it)" if model.path == "auto" else f" (--path {path})")]
+    return lines
 
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")

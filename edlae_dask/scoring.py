@@ -36,6 +36,7 @@ import dask
 import numpy as np
 import scipy.sparse as sp
 
+from edlae_dask.diagnostics import REPORT_LINE
 from edlae_dask.errors import InputDataError, ModelFitError, ParameterError, worker_died
 from edlae_dask.io._fs import Location, location
 from edlae_dask.topn import empty_top_n, fill_exhausted, merge_block
@@ -559,7 +560,8 @@ def _score_locked(f, store, target, meta, wanted, client, progress, ib, ub, dtyp
         n_shards_reused=len(reused), shards_scored=tuple(sorted(r["shard"] for r in records)),
     )
     log.info("scoring done: %d users in %.2f s (%.0f users/s); %s", report.n_users_scored, report.seconds,
-             report.users_per_second, f"published {target}" if published else f"{pending} shards pending")
+             report.users_per_second, f"published {target}" if published else f"{pending} shards pending",
+             extra=REPORT_LINE)  # what report.summary() says: the CLI prints that, and drops this line
     return report
 
 
@@ -596,8 +598,11 @@ def _read_ids(source, dtype: np.dtype, what: str) -> np.ndarray:
     return np.array(vals, dtype=dtype)
 
 
-def _positions(ids: np.ndarray, wanted: np.ndarray, what: str, where) -> np.ndarray:
-    """Sorted unique indices in ``ids`` of the ``wanted`` ids; unknown ones warned about, none known an error."""
+def _positions(ids: np.ndarray, wanted: np.ndarray, what: str, where, option: str) -> np.ndarray:
+    """Sorted unique indices in ``ids`` of the ``wanted`` ids; unknown ones warned about, none known an error.
+
+    ``what`` names ``ids`` ("the factors' items"), ``option`` the list's option (``--items-allow``).
+    """
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(len(ids) - 1, 0))
@@ -605,8 +610,9 @@ def _positions(ids: np.ndarray, wanted: np.ndarray, what: str, where) -> np.ndar
     unknown = wanted[~found]
     src = os.fspath(where) if isinstance(where, (str, os.PathLike)) else what
     if len(wanted) and not found.any():
-        raise InputDataError(f"{src}: none of its {len(wanted)} ids is one of the {what} (e.g. "
-                             f"{', '.join(map(str, wanted[:3].tolist()))}): give ids as the interaction store has them")
+        raise InputDataError(f"{option} {src}: none of its {len(wanted)} ids is one of {what} (e.g. "
+                             f"{', '.join(map(str, wanted[:3].tolist()))}): list ids as the stores hold them "
+                             "(`edlae-dask info` shows them)")
     if unknown.size:
         log.warning("%s: %d of its %d ids are not %s and are ignored (e.g. %s)", src, unknown.size, len(wanted), what,
                     ", ".join(map(str, unknown[:5].tolist())))
@@ -635,11 +641,12 @@ def _item_filter(item_ids: np.ndarray, allow, deny) -> tuple[np.ndarray | None, 
             raise InputDataError(f"{allow if isinstance(allow, (str, os.PathLike)) else 'items_allow'} lists no item: "
                                  "nothing could be recommended; give at least one item id, or no allow-list")
         keep[:] = False
-        keep[_positions(item_ids, wanted, "the factors' items", allow)] = True
+        keep[_positions(item_ids, wanted, "the factors' items", allow, "--items-allow")] = True
         meta["allowed"] = int(keep.sum())
     if deny is not None:
         wanted = _read_ids(deny, item_ids.dtype, "the denied items (--items-deny)")
-        idx = _positions(item_ids, wanted, "the factors' items", deny) if len(wanted) else np.empty(0, np.int64)
+        idx = (_positions(item_ids, wanted, "the factors' items", deny, "--items-deny") if len(wanted)
+               else np.empty(0, np.int64))
         keep[idx] = False
         meta["denied"] = int(idx.size)
     excluded = np.flatnonzero(~keep).astype(np.int64)
@@ -656,7 +663,7 @@ def _user_filter(store, offsets: list[int], users) -> tuple[list[np.ndarray] | N
     if not len(wanted):
         raise InputDataError(f"{users if isinstance(users, (str, os.PathLike)) else 'users'} lists no user: give at "
                              "least one user id, or score without --users")
-    sel = _positions(user_ids, wanted, "the interaction store's users", users)
+    sel = _positions(user_ids, wanted, "the interaction store's users", users, "--users")
     bounds = np.searchsorted(sel, offsets)
     rows = [(sel[bounds[s] : bounds[s + 1]] - offsets[s]).astype(np.int64) for s in range(len(offsets) - 1)]
     return rows, {"users": int(sel.size), "digest": _digest(sel)}

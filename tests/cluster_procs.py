@@ -65,6 +65,7 @@ class Cluster:
     address: str
     scheduler: subprocess.Popen
     workers: list = field(default_factory=list)
+    scheduler_file: Path | None = None  # the JSON file `dask scheduler --scheduler-file` wrote
 
 
 @contextlib.contextmanager
@@ -85,7 +86,7 @@ def dask_cluster(workdir, *, n_workers: int = 2, nanny: bool = True, memory_limi
                 address = json.loads(sched_file.read_text())["address"]
             time.sleep(0.1)
         assert address and address.startswith("tcp://127.0.0.1:"), "dask scheduler did not start"
-        cluster = Cluster(address, procs[0])
+        cluster = Cluster(address, procs[0], scheduler_file=sched_file)
         for _ in range(n_workers):
             args = ["worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--memory-limit", memory_limit,
                     "--no-dashboard"] + ([] if nanny else ["--no-nanny"])

@@ -243,7 +243,8 @@ def test_the_job_pods_run_edlae_dask_commands_that_our_cli_accepts(tmp_path, nam
     (root / mount.lstrip("/")).mkdir(parents=True)
     for key, text in config["data"].items():
         (root / mount.lstrip("/") / key).write_text(text.replace("/data/", f"{root}/data/"))
-    write_interactions(root / "data" / "interactions.zarr", clustered_interactions(n_users=60, n_items=12, seed=2))
+    # more items than the specs' k (200): --check refuses a rank the store cannot have, as the run would
+    write_interactions(root / "data" / "interactions.zarr", clustered_interactions(n_users=60, n_items=240, seed=2))
     (root / "data" / "factors").mkdir()
     files = [a for a in args if a.startswith(mount + "/")]
     assert {Path(f).name for f in files} == set(config["data"])  # --spec and --cluster name mounted files
@@ -270,3 +271,36 @@ def test_the_daskjob_waits_for_the_scheduler_the_operator_makes_for_it():
     assert cluster_spec["wait-for-workers"] == daskjob["spec"]["cluster"]["spec"]["worker"]["replicas"]
     assert daskjob["spec"]["cluster"]["spec"]["scheduler"]["service"]["selector"]["dask.org/cluster-name"] == \
         daskjob["metadata"]["name"]
+
+
+def test_a_failed_train_fails_the_daskjob_and_a_scheduled_run_is_retried_by_its_job():
+    """A runner pod that restarts in place never reaches Failed, so the operator would never fail the DaskJob."""
+    _, daskjob = _documents("daskjob-train.yaml")
+    assert daskjob["spec"]["job"]["spec"]["restartPolicy"] == "Never"
+    _, cronjob = _documents("cronjob-score.yaml")
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    assert job["backoffLimit"] >= 1 and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    readme = (K8S.parent / "README.md").read_text()
+    assert "restartPolicy: Never" in readme and "backoffLimit" in readme
+
+
+def test_a_scheduler_file_value_names_a_file_resolved_where_it_is_given(tmp_path):
+    spec = parse_cluster("scheduler-file:sched.json", base_dir=tmp_path)
+    assert (spec.kind, spec.options) == ("scheduler-file", {"scheduler_file": str(tmp_path / "sched.json")})
+    with pytest.raises(ParameterError, match="names no file"):
+        parse_cluster("scheduler-file:")
+    with pytest.raises(ParameterError, match="is a directory"):
+        parse_cluster(f"scheduler-file:{tmp_path}")
+
+
+def test_a_scheduler_file_that_never_appears_is_a_clear_error(tmp_path):
+    from edlae_dask.cluster import _read_scheduler_file
+
+    with pytest.raises(ParameterError, match=r"does not exist after waiting 0.2s; start the scheduler with `dask "
+                                             r"scheduler --scheduler-file"):
+        _read_scheduler_file(str(tmp_path / "sched.json"), "0.2s")
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(ParameterError, match="holds no scheduler address"):
+        _read_scheduler_file(str(tmp_path / "junk.json"), "0.2s")
+    (tmp_path / "ok.json").write_text('{"address": "tcp://127.0.0.1:8786"}')
+    assert _read_scheduler_file(str(tmp_path / "ok.json"), "0.2s") == "tcp://127.0.0.1:8786"

@@ -131,7 +131,8 @@ def test_a_missing_required_key_is_an_error_naming_it(tmp_path, store):
 
 def test_a_flag_can_supply_what_the_spec_lacks(tmp_path, store):
     spec = _write_spec(tmp_path / "train.yaml", {"job": "train", "interactions": "x.zarr"})
-    assert _invoke("run", spec, "--out", tmp_path / "f", "--check").exit_code == 0
+    # --k too: the default rank (200) is not below the store's 32 items, which --check refuses as the run would
+    assert _invoke("run", spec, "--out", tmp_path / "f", "--k", 4, "--check").exit_code == 0
 
 
 def test_an_invalid_cluster_spec_named_by_a_job_spec_is_an_error_before_any_work(tmp_path, store):
@@ -178,7 +179,7 @@ def test_path_and_input_keys_are_options_of_their_command(job):
 
 
 def test_check_without_a_spec_validates_the_flags(tmp_path, store):
-    ok = _invoke("train", "--interactions", store, "--out", tmp_path / "f", "--check")
+    ok = _invoke("train", "--interactions", store, "--out", tmp_path / "f", "--k", 4, "--check")
     assert ok.exit_code == 0 and yaml.safe_load(ok.output)["interactions"] == str(store)
     missing = _invoke("train", "--interactions", tmp_path / "nowhere.zarr", "--out", tmp_path / "f", "--check")
     assert missing.exit_code == 1 and "nowhere.zarr' does not exist" in missing.stderr

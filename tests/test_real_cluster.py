@@ -52,3 +52,34 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     r = CliRunner().invoke(cli, ["train", "--interactions", str(tmp_path / "x.zarr"), "--out", str(tmp_path / "f"),
                                  "--k", "2", "--cluster", "tcp://127.0.0.1:1"])
     assert r.exit_code == 1 and "could not reach the Dask scheduler" in r.stderr
+
+
+def _small_store(tmp_path):
+    write_interactions(tmp_path / "x.zarr", clustered_interactions(n_users=80, n_items=12, seed=3), shard_size=40)
+    return tmp_path / "x.zarr"
+
+
+def test_cluster_scheduler_file_connects_to_the_scheduler_that_wrote_it(tmp_path):
+    store = _small_store(tmp_path)
+    with dask_cluster(tmp_path, n_workers=1) as cluster:
+        r = CliRunner().invoke(cli, ["train", "--interactions", str(store), "--out", str(tmp_path / "f"), "--k", "2",
+                                     "--cluster", f"scheduler-file:{cluster.scheduler_file}"])
+        assert r.exit_code == 0, r.stderr[-3000:]
+        assert f"cluster: scheduler {cluster.address}, 1 workers" in r.stderr
+    assert open_factors(tmp_path / "f").k == 2
+
+
+def test_dask_scheduler_address_is_used_when_no_cluster_is_given(tmp_path):
+    store = _small_store(tmp_path)
+    with dask_cluster(tmp_path, n_workers=1) as cluster:
+        env = {"DASK_SCHEDULER_ADDRESS": cluster.address}
+        r = CliRunner(env=env).invoke(cli, ["train", "--interactions", str(store), "--out", str(tmp_path / "f"),
+                                            "--k", "2"])
+        assert r.exit_code == 0, r.stderr[-3000:]
+        assert "DASK_SCHEDULER_ADDRESS is set and no --cluster was given" in r.stderr
+        assert f"cluster: scheduler {cluster.address}, 1 workers" in r.stderr
+        # a --cluster given wins over the environment: here the threaded scheduler, so no cluster line at all
+        r = CliRunner(env=env).invoke(cli, ["train", "--interactions", str(store), "--out", str(tmp_path / "g"),
+                                            "--k", "2", "--cluster", "threads"])
+        assert r.exit_code == 0, r.stderr[-3000:]
+        assert "DASK_SCHEDULER_ADDRESS" not in r.stderr and "cluster: scheduler" not in r.stderr

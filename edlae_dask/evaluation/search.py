@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import json
 import logging
 import numbers
@@ -93,6 +94,49 @@ from edlae_dask.linalg.graph import persist
 __all__ = ["GridResult", "EvaluationReport", "Evaluator", "evaluate"]
 
 log = logging.getLogger("edlae_dask.evaluation")
+#: the loggers whose lines a grid point's thread writes without saying which point (the eigensolver's passes)
+_LABELLED_LOGGERS = ("edlae_dask.linalg",)
+_GRID_POINT: contextvars.ContextVar[str | None] = contextvars.ContextVar("edlae_grid_point", default=None)
+
+
+class _GridPointLabel(logging.Filter):
+    """Prefix each line logged while a grid point runs, in its thread, with the point: ``[λ=50, p=0.25] ...``.
+
+    Grid points run concurrently (one thread each), so their eigensolvers' lines interleave;
+    the label says whose each line is. Installed on :data:`_LABELLED_LOGGERS` for the grid only.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        label = _GRID_POINT.get()
+        if label is not None and not hasattr(record, "edlae_grid_point"):
+            record.edlae_grid_point = label
+            record.msg = f"[{label}] {record.msg}"
+        return True
+
+
+@contextlib.contextmanager
+def _labelled_by_grid_point():
+    """Label the lines of :data:`_LABELLED_LOGGERS` with the grid point that logs them, while the grid runs."""
+    label = _GridPointLabel()
+    loggers = [logging.getLogger(name) for name in _LABELLED_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(label)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(label)
+
+
+@contextlib.contextmanager
+def _grid_point(label: str):
+    """Lines of :data:`_LABELLED_LOGGERS` logged by this thread inside the block are labelled ``[label]``."""
+    token = _GRID_POINT.set(label)
+    try:
+        yield
+    finally:
+        _GRID_POINT.reset(token)
+
 
 METRIC_NAMES = tuple(m[0] for m in METRICS)
 SELECT_BY = "ndcg@100"
@@ -551,7 +595,7 @@ class Evaluator:
                     eig_seed=eig_seed)
         grid: list[GridResult] = []
         t_grid = time.perf_counter()
-        with self._scheduler():
+        with self._scheduler(), _labelled_by_grid_point():
             if count == 1:
                 for i, (pt, tasks) in enumerate(points.items()):
                     grid += self._run_point(pt, tasks, ks, opts)
@@ -606,7 +650,8 @@ class Evaluator:
         t0 = time.perf_counter()
         point = self._point_dense if self.backend == "dense" else self._point_dask
         try:
-            values, eig_info, point_extra = point(pt, tasks, ks, opts)
+            with _grid_point(f"λ={lam:g}, p={p:g}"):  # this thread's lines name the point (the pool's threads too)
+                values, eig_info, point_extra = point(pt, tasks, ks, opts)
         except EdlaeError as exc:
             raise type(exc)(f"grid point λ={lam:g}, p={p:g}: {exc}") from exc
         except Exception as exc:
@@ -656,9 +701,10 @@ class Evaluator:
                 continue
             d = scaling(model, diag_c, self.diag_g_, lam, p, self.dtype)
             M = self._persist(student_matrix(P, C, d))
-            eig = randomized_eigh(lambda Q, M=M: M @ Q, self.n_items, max(ks), row_chunks=M.chunks[0],
-                                  dtype=self.dtype, n_oversamples=opts["n_oversamples"],
-                                  n_power_iter=opts["n_power_iter"], seed=opts["eig_seed"])
+            with _grid_point(f"λ={lam:g}, p={p:g}, {model}"):
+                eig = randomized_eigh(lambda Q, M=M: M @ Q, self.n_items, max(ks), row_chunks=M.chunks[0],
+                                      dtype=self.dtype, n_oversamples=opts["n_oversamples"],
+                                      n_power_iter=opts["n_power_iter"], seed=opts["eig_seed"])
             del M
             V = eig.eigenvectors
             U = self._persist(student_factors(C, d, V))
@@ -706,8 +752,9 @@ class Evaluator:
             form = "formed" if ws.plan.student_matrix else "applied implicitly"
             stages.append(ws.log_stage(f"{where}: {model} student matrix {form}", time.perf_counter() - t))
             t = time.perf_counter()
-            eig = eigensolve(apply, self.n_items, max(ks), self.dtype, n_oversamples=opts["n_oversamples"],
-                             n_power_iter=opts["n_power_iter"], seed=opts["eig_seed"])
+            with _grid_point(f"{where}, {model}"):
+                eig = eigensolve(apply, self.n_items, max(ks), self.dtype, n_oversamples=opts["n_oversamples"],
+                                 n_power_iter=opts["n_power_iter"], seed=opts["eig_seed"])
             V = np.ascontiguousarray(eig.eigenvectors.compute(scheduler="threads"))
             eig_info[model] = {"ritz_residual_max": float(np.max(eig.ritz_residuals)), "n_matvecs": eig.n_matvecs}
             del eig

@@ -333,7 +333,7 @@ def ingest(
         vocabulary=None if vocab is None else vocab.where, n_unknown_items=0 if vocab is None else unknown.items,
     )
     for line in report.summary().splitlines():
-        say(line)
+        say(line, report=True)
     return report
 
 
@@ -407,8 +407,11 @@ class _Progress:
     def __init__(self, callback: Callable[[str], None] | None):
         self.callback = callback
 
-    def __call__(self, message: str) -> None:
-        log.info(message)
+    def __call__(self, message: str, *, report: bool = False) -> None:
+        """Log ``message`` (a line of the report with ``report``: see :data:`edlae_dask.diagnostics.REPORT`)."""
+        from edlae_dask.diagnostics import REPORT_LINE
+
+        log.info(message, extra=REPORT_LINE if report else None)
         if self.callback is not None:
             self.callback(message)
 
@@ -872,7 +875,7 @@ def _append(files, append, start, *, fmt, user_col, item_col, value_col, min_val
         shards_written=merge.written,
     )
     for line in report.summary().splitlines():
-        say(line)
+        say(line, report=True)
     return report
 
 

@@ -174,7 +174,9 @@ def export_recommendations(recs, out, *, overwrite: bool = False, storage_option
             n_users += users
     report = ExportReport(path=path, format=fmt, rows=n_rows, users=n_users, users_in_store=len(rec.user_ids),
                           shards=len(offsets) - 1, seconds=time.perf_counter() - t0)
-    log.info("%s", report.summary())
+    from edlae_dask.diagnostics import REPORT_LINE
+
+    log.info("%s", report.summary(), extra=REPORT_LINE)
     return report
 
 

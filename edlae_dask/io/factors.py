@@ -88,6 +88,47 @@ def is_factor_store(path, *, storage_options=None) -> bool:
     return loc.join(_LATEST).read_bytes() is not None or _VERSIONS in loc.children()
 
 
+#: What :func:`output_state` finds, in words (``train --check`` prints it)
+OUTPUT_STATES = {
+    "new": "does not exist: it will be created",
+    "empty": "is an empty directory: the factor store will be written there",
+    "unpublished": "holds a factor store with no published version (a killed first run): it will be published there",
+    "new-version": "holds a factor store: a new version will be published into it (--overwrite)",
+}
+
+
+def output_state(path, *, overwrite: bool, storage_options=None) -> str:
+    """What publishing a factor store at ``path`` would do; reads only. A key of :data:`OUTPUT_STATES`.
+
+    Raises
+    ------
+    OutputExistsError
+        Where a run would refuse: a published factor store without ``overwrite``, or
+        anything else that is not an empty directory.
+    """
+    loc = path if isinstance(path, Location) else location(path, storage_options)
+    root = Path(loc.url) if loc.is_local else loc
+    if not loc.exists():
+        return "new"
+    if is_factor_store(loc):
+        # without LATEST nothing was published (a killed first run): its rerun needs no --overwrite
+        if _read_latest(loc) is None:
+            return "unpublished"
+        if not overwrite:
+            raise OutputExistsError(
+                f"{root} already holds a factor store; pass --overwrite (overwrite=True) to publish "
+                "a new version into it (the previous versions stay readable until pruned), "
+                "or choose another --out"
+            )
+        return "new-version"
+    if not loc.is_local or root.is_file() or any(root.iterdir()):
+        raise OutputExistsError(
+            f"{root} exists and is not an edlae-dask factor store; refusing to write into it. "
+            "Choose another --out or remove it yourself."
+        )
+    return "empty"
+
+
 def _new_version_name() -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     return f"v{now}-{secrets.token_hex(3)}"
@@ -157,20 +198,7 @@ class FactorWriter:
             self.root.parent.mkdir(parents=True, exist_ok=True)
             self._claim.enter_context(claim(self.root, exclusive=not overwrite, busy=self._busy(overwrite),
                                             tidy=self._tidy))
-        if self.location.exists():
-            if is_factor_store(self.location):
-                # without LATEST nothing was published (a killed first run): its rerun needs no --overwrite
-                if _read_latest(self.location) is not None and not overwrite:
-                    raise OutputExistsError(
-                        f"{self.root} already holds a factor store; pass --overwrite (overwrite=True) to publish "
-                        "a new version into it (the previous versions stay readable until pruned), "
-                        "or choose another --out"
-                    )
-            elif not self.location.is_local or self.root.is_file() or any(self.root.iterdir()):
-                raise OutputExistsError(
-                    f"{self.root} exists and is not an edlae-dask factor store; refusing to write into it. "
-                    "Choose another --out or remove it yourself."
-                )
+        output_state(self.location, overwrite=overwrite)
         self.keep = keep
         self.overwrite = overwrite
         self.version = _new_version_name()
