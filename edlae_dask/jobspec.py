@@ -363,8 +363,8 @@ def plan_train(params: dict) -> list[str]:
         kind = parse_cluster(params.get("cluster")).kind
         scalable = scalable_memory_estimate(n, store.n_users, store.nnz, model.k, min(model.neighbors, n - 1),
                                             itemsize, 1, model.n_oversamples)
-        lines += [f"memory: the dense path needs about {format_bytes(dense)}, the scalable path about "
-                  f"{format_bytes(scalable)} with one worker (more with more: each holds X)",
+        lines += [f"memory: the dense path needs about {format_bytes(dense)} in all, the scalable path about "
+                  f"{format_bytes(scalable)} on one worker (less on each of more: the interactions are spread)",
                   f"path: {model.path}, " + ("chosen" if model.path == "auto" else "checked")
                   + f" against the memory limits of the workers of the {kind} cluster once connected "
                   "(--check contacts no cluster)"]
@@ -377,9 +377,14 @@ def plan_train(params: dict) -> list[str]:
         path, need = choose_path(store, model, total, n_workers, smallest)
     finally:
         planning.setLevel(level)
-    lines += [f"memory: the {path} path needs about {format_bytes(need)} of {format_bytes(USABLE_MEMORY * total)} "
-              f"usable ({USABLE_MEMORY:.0%} of {n_workers} workers' {format_bytes(total)})"
-              + ("" if path == "dense" else f"; the dense path would need {format_bytes(dense)}"),
+    if path == "dense":
+        need_text = (f"about {format_bytes(need)} of {format_bytes(USABLE_MEMORY * total)} usable "
+                     f"({USABLE_MEMORY:.0%} of {n_workers} workers' {format_bytes(total)})")
+    else:
+        need_text = (f"about {format_bytes(need)} on each worker of {format_bytes(USABLE_MEMORY * smallest)} usable "
+                     f"({USABLE_MEMORY:.0%} of the smallest; {n_workers} workers' {format_bytes(total)} in all); "
+                     f"the dense path would need {format_bytes(dense)}")
+    lines += [f"memory: the {path} path needs {need_text}",
               f"path: {path}" + (" (auto would choose it)" if model.path == "auto" else f" (--path {path})")]
     return lines
 

@@ -69,22 +69,21 @@ def test_check_takes_the_scalable_path_where_the_dense_one_does_not_fit(tmp_path
 
     from edlae_dask.planning import scalable_memory_estimate
 
-    n_users, n_items = 60, 400  # many items, few interactions: the dense path's n² is what does not fit
-    X = sp.random(n_users, n_items, density=0.03, random_state=np.random.default_rng(1), format="csr")
+    n_users, n_items = 600, 4000  # many items, few interactions: the dense path's n² is what does not fit
+    X = sp.random(n_users, n_items, density=0.003, random_state=np.random.default_rng(1), format="csr")
     X.data[:] = 1
     write_interactions(tmp_path / "wide.zarr", X)
-    spec = tmp_path / "small.yaml"  # two planned workers of 1 MiB: 1.5 MiB usable
-    spec.write_text("kind: local\nn-workers: 2\nmemory-limit: 1MiB\n")
-    usable = 0.75 * 2 * 2**20
-    assert dense_memory_estimate(n_items, 2, 8) > usable
-    assert scalable_memory_estimate(n_items, n_users, X.nnz, 2, 4, 8, 2) < usable
+    spec = tmp_path / "small.yaml"  # two planned workers of 100 MiB: 150 MiB usable, 75 MiB on each
+    spec.write_text("kind: local\nn-workers: 2\nmemory-limit: 100MiB\n")
+    assert dense_memory_estimate(n_items, 2, 8) > 0.75 * 2 * 100 * 2**20
+    assert scalable_memory_estimate(n_items, n_users, X.nnz, 2, 4, 8, 2) < 0.75 * 100 * 2**20
     common = ["train", "--interactions", tmp_path / "wide.zarr", "--out", tmp_path / "f", "--k", 2, "--dtype",
               "float64", "--neighbors", 4, "--cluster", spec, "--check"]
     r = _invoke(*common)
     assert r.exit_code == 0, r.stderr
     notes = _notes(r.stdout)
     assert notes["path"] == "scalable (auto would choose it)"
-    assert "of 2 workers' 2.00 MiB" in notes["memory"] and "the dense path would need" in notes["memory"]
+    assert "on each worker of 75.00 MiB usable" in notes["memory"] and "the dense path would need" in notes["memory"]
     forced = _invoke(*common, "--path", "dense")  # the run's own error, as one line
     assert forced.exit_code == 1 and "the dense path needs about" in forced.stderr and forced.stdout == ""
 
