@@ -109,6 +109,17 @@ def test_K_is_a_grid_axis_and_the_shards_and_neighbour_lists_are_computed_once(p
     assert rep.best("edlae", 3).extra["neighbors"] in (4, 8, 16)
 
 
+def test_scalable_evaluation_on_worker_processes_equals_the_threaded_run(problem, dense, client):
+    args = dict(split=dense[1], ks=[3], lams=[60.0], ps=[0.0, 0.4], neighbors=[6, 12], dtype="float64",
+                n_power_iter=6)
+    local, remote = evaluate_scalable(problem[0], **args), evaluate_scalable(problem[0], client=client, **args)
+    assert remote.settings["concurrency"]["n_workers"] == 2
+    for g in local.grid:
+        r = _points(remote)[(g.model, g.k, g.lam, g.p, g.extra["neighbors"])]
+        np.testing.assert_allclose(r.test_per_user, g.test_per_user, atol=1e-9)
+    assert [(r.model, r.k, r.lam, r.p) for r in remote.rows] == [(r.model, r.k, r.lam, r.p) for r in local.rows]
+
+
 def test_prefix_of_the_widest_neighbour_lists_is_the_lists_at_K(problem):
     import dask
 
