@@ -256,7 +256,8 @@ def run_dataset(name: str, args, client, previous: dict | None, command: str) ->
     main["rows"] = [r for r in rows if r["model"] != "edlae-opt"]
     vectors = _load_vectors(args.out, name) if previous is not None else {}
     # this run's chosen rows: the union's choice of a (model, k) is always one of some run's choices
-    vectors.update({_vector_key(run_id, r.model, r.k, r.lam, r.p): r.test_per_user[:, 0] for r in rep.rows})
+    vectors.update({_vector_key(run_id, r.model, r.k, r.lam, r.p): r.test_per_user[:, 0] for r in rep.rows
+                    if r.lam is not None})  # the popularity row has no λ
     live = {_vector_key(g["run"], g["model"], g["k"], g["lam"], g["p"]) for g in main["grid"]}
     vectors = {key: v for key, v in vectors.items() if key in live}
     _save_vectors(args.out, name, vectors)

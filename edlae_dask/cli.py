@@ -42,7 +42,7 @@ from edlae_dask.config import (
     build,
     options_of,
 )
-from edlae_dask.errors import EdlaeError, PathOption, as_user_error, internal_error_line
+from edlae_dask.errors import EdlaeError, ParameterError, PathOption, as_user_error, internal_error_line
 from edlae_dask.jobspec import check_inputs, describe, job_of, load_job_spec, missing_key, plan
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -572,12 +572,13 @@ def _count_or_fraction(text: str):
 @verbosity_options
 @options_from(EvaluateOptions)
 @_user_errors
-def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, block_size, max_concurrent,
-             backend, memory_limit, n_power_iter, exact_maxiter, exact_points, cluster, n_workers, out, overwrite,
-             storage_options):
-    """Strong-generalization evaluation: λ and p chosen on validation users, nDCG/Recall on test users."""
+def evaluate(interactions, ks, lams, ps, models, eval_path, neighbors, neighbor_score, n_valid, n_test, seed, dtype,
+             block_size, max_concurrent, backend, memory_limit, n_power_iter, exact_maxiter, exact_points, cluster,
+             n_workers, out, overwrite, storage_options):
+    """Strong-generalization evaluation: λ and p (and K) chosen on validation users, nDCG/Recall on test users."""
     from edlae_dask.cluster import connect
     from edlae_dask.evaluation import evaluate as run_evaluate
+    from edlae_dask.evaluation.scalable import evaluate_scalable
     from edlae_dask.io.versioned import check_new_file
 
     if out:  # before the evaluation: its hours of work are not lost to a path that cannot be written
@@ -585,21 +586,41 @@ def evaluate(interactions, ks, lams, ps, models, n_valid, n_test, seed, dtype, b
     ks = _many(ks, int, "--k")
     lams = _many(lams, float, "--lam") or [TrainParams.lam]  # the model's default
     ps = _many(ps, float, "--p") or [TrainParams.p]
+    Ks = _many(neighbors, int, "--neighbors") or [TrainParams.neighbors]
     n_valid = _many([n_valid], _count_or_fraction, "--n-valid")[0]
     n_test = _many([n_test], _count_or_fraction, "--n-test")[0]
+    scalable = eval_path == "scalable"
+    if scalable and (backend != "dask" or memory_limit or max_concurrent or block_size or exact_points != "chosen"):
+        raise ParameterError("--backend, --memory-limit, --max-concurrent, --block-size and --exact-points are "
+                             "options of --path dense; drop them with --path scalable")
+    if not scalable and neighbors:
+        raise ParameterError("--neighbors is an option of --path scalable; add --path scalable or drop it")
+    models = models or ("edlae" if scalable else "edlae,lae,full-rank,ease")
     t0 = time.perf_counter()
     with connect(cluster, n_workers=n_workers) as client:
-        report = run_evaluate(interactions, models=models, ks=ks, lams=lams, ps=ps, n_valid=n_valid, n_test=n_test,
-                              seed=seed, dtype=dtype, block_size=block_size, client=client,
-                              backend=backend, memory_limit=_bytes_option(memory_limit, "--memory-limit"),
-                              storage_options=storage_options,
-                              max_concurrent=max_concurrent, n_power_iter=n_power_iter, exact_maxiter=exact_maxiter,
-                              exact_points=exact_points)
+        if scalable:
+            report = evaluate_scalable(interactions, models=models, ks=ks, lams=lams, ps=ps, neighbors=Ks,
+                                       neighbor_score=neighbor_score, n_valid=n_valid, n_test=n_test, seed=seed,
+                                       dtype=dtype, client=client, storage_options=storage_options,
+                                       n_power_iter=n_power_iter)
+        else:
+            report = run_evaluate(interactions, models=models, ks=ks, lams=lams, ps=ps, n_valid=n_valid,
+                                  n_test=n_test, seed=seed, dtype=dtype, block_size=block_size, client=client,
+                                  backend=backend, memory_limit=_bytes_option(memory_limit, "--memory-limit"),
+                                  storage_options=storage_options, max_concurrent=max_concurrent,
+                                  n_power_iter=n_power_iter, exact_maxiter=exact_maxiter, exact_points=exact_points)
     click.echo(report.table())
     t = report.timings
-    click.echo(f"time: {time.perf_counter() - t0:.1f} s in all (split {t['split']:.1f} s, gram {t['gram']:.1f} s, "
-               f"grid {t['grid']:.1f} s with {report.settings['concurrency']['concurrent']} points at once"
-               + (f", exact optimum {t['exact_optimum']:.1f} s" if t["exact_optimum"] else "") + ")")
+    if scalable:
+        runs = report.settings["stage_runs"]
+        click.echo(f"time: {time.perf_counter() - t0:.1f} s in all (split {t['split']:.1f} s, load {t['load']:.1f} s, "
+                   f"neighbours {t['neighbors']:.1f} s once for K={max(report.settings['neighbors'])}, grid "
+                   f"{t['grid']:.1f} s: {runs['teacher']} teachers, {runs['eigensolve']} eigensolves at "
+                   f"k={report.settings['eigensolve_k']})")
+    else:
+        click.echo(f"time: {time.perf_counter() - t0:.1f} s in all (split {t['split']:.1f} s, gram {t['gram']:.1f} s, "
+                   f"grid {t['grid']:.1f} s with {report.settings['concurrency']['concurrent']} points at once"
+                   + (f", exact optimum {t['exact_optimum']:.1f} s" if t["exact_optimum"] else "") + ")")
     if out:
         report.to_json(out, overwrite=overwrite)
         click.echo(f"wrote {out}")

@@ -45,6 +45,8 @@ MAX_POWER_ITER = 100
 #: benchmarks/results/design-notes.md and scalable-accuracy-*.md. The teacher costs K³ per item, so larger
 #: K is for smaller catalogues.
 DEFAULT_NEIGHBORS = 64
+#: ``edlae-dask evaluate --path``: the dense evaluation (n x n Gram) or the scalable path's (no n x n matrix).
+EVALUATION_PATHS = ("dense", "scalable")
 #: ``edlae-dask ingest --format``: ``auto`` and :data:`edlae_dask.ingestion.FORMATS` (not imported: it needs pandas).
 INGEST_FORMATS = ("auto", "csv", "parquet", "movielens-csv", "movielens-dat", "netflix", "msd")
 
@@ -448,10 +450,19 @@ class EvaluateOptions:
                                    help=f"λ grid: --lam 50 200 500.  [default: {TrainParams.lam:g}]")
     ps: tuple[str, ...] = option(flag="--p", many=True, help="p grid (dropout probability, 0 <= p < 1): --p 0 0.25 "
                                                              f"0.5.  [default: {TrainParams.p:g}]")
-    models: str = option("edlae,lae,full-rank,ease",
-                         help="Comma-separated: edlae (Algorithm 1), lae (unconstrained low-rank LAE), full-rank "
-                              "(EDLAE teacher), ease (full rank at p = 0), edlae-opt (numerical optimum of eq. 14; "
-                              "small n only).")
+    models: str | None = option(
+        None, help="Comma-separated: edlae (Algorithm 1), lae (unconstrained low-rank LAE), full-rank (EDLAE teacher), "
+                   "ease (full rank at p = 0), edlae-opt (numerical optimum of eq. 14; small n only). A popularity "
+                   "row is always reported.  [default: edlae,lae,full-rank,ease; with --path scalable: edlae]")
+    # eval_path in the command, as train's path is train_path (a `path` reads as a file's)
+    path: str = option("dense", name="eval_path", choices=EVALUATION_PATHS,
+                       help="dense: exact Algorithm 1 and the baselines from the n x n Gram (--backend: where); "
+                            "scalable: the scalable path's model (K neighbours per item, edlae only), no n x n "
+                            "matrix, for catalogues the dense path cannot hold.")
+    neighbors: tuple[str, ...] = option(many=True, help="--path scalable: K grid, neighbours per item: --neighbors "
+                                                        f"32 64 (the lists are computed once, at the largest).  "
+                                                        f"[default: {DEFAULT_NEIGHBORS}]")
+    neighbor_score: str = like(TrainParams, "neighbor_score")
     n_valid: str = option("0.1", help="Validation users: a count, or a fraction (0.1).")
     n_test: str = option("0.1", help="Test users: a count, or a fraction (0.1).")
     seed: int = option(0, help="Seed of the user split and the 80/20 split.")

@@ -23,7 +23,7 @@ from edlae_dask.jobspec import load_job_spec
 from edlae_dask.model import EDLAE
 
 COMMANDS = {**JOB_OPTIONS, "demo": DemoOptions, "info": InfoOptions}
-SPEC_OPTIONS = {"spec_file", "check"}  # what SpecCommand adds to a job's own options
+SPEC_OPTIONS = {"spec_file", "check", "verbose", "quiet"}  # what SpecCommand and every command add
 
 
 def test_train_defaults_are_train_params_and_the_estimators():

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -414,9 +415,11 @@ def test_cli_evaluate_prints_the_table_and_writes_json(problem, tmp_path):
                                  "--cluster", "threads", "--block-size", "64", "--out", str(out)],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "test nDCG@100" in r.output and "edlae  4" in r.output and "ease" in r.output
+    assert "test nDCG@100" in r.output and re.search(r"^edlae\s+4\s", r.output, re.M) and "ease" in r.output
+    assert re.search(r"^popularity\s+-\s+-\s+-\s", r.output, re.M)  # the baseline row, first
     rep = json.loads(out.read_text())
-    assert {(row["model"], row["k"]) for row in rep["rows"]} == {("edlae", 2), ("edlae", 4), ("ease", None)}
+    assert {(row["model"], row["k"]) for row in rep["rows"]} == {("popularity", None), ("edlae", 2), ("edlae", 4),
+                                                                  ("ease", None)}
     assert len(rep["grid"]) == 2 * 2 * 2 + 2 and rep["split"]["n_valid_users"] == 60
     assert rep["split"]["n_test_users"] == 50
 
@@ -435,7 +438,7 @@ def test_cli_evaluate_dense_backend_reports_what_the_dask_backend_does(problem, 
         rep = json.loads(out.read_text())
         assert rep["settings"]["backend"] == backend
         rows[backend] = {(row["model"], row["k"]): row for row in rep["rows"]}
-    assert rows["dask"].keys() == rows["dense"].keys() == {("edlae", 3), ("full-rank", None)}
+    assert rows["dask"].keys() == rows["dense"].keys() == {("popularity", None), ("edlae", 3), ("full-rank", None)}
     for key, row in rows["dask"].items():
         assert (row["lam"], row["p"]) == (rows["dense"][key]["lam"], rows["dense"][key]["p"])
         assert row["test"]["ndcg@100"]["mean"] == pytest.approx(rows["dense"][key]["test"]["ndcg@100"]["mean"],

@@ -12,6 +12,9 @@
   scikit-learn / dask-ml ``GridSearchCV`` over :class:`~edlae_dask.model.EDLAE` on a matrix.
 - :mod:`.search`: :class:`Evaluator` (split + shared Gram, reused) and
   :func:`evaluate` (the (λ, p) grid chosen on validation users, reported on test users).
+- :mod:`.scalable`: :func:`evaluate_scalable`, the same protocol on the scalable path (a (K, λ, p)
+  grid; no n × n matrix; shards and neighbour lists shared by every point).
+- :mod:`.popularity`: the popularity baseline, the first row of every report.
 
 Example::
 
@@ -32,6 +35,7 @@ from edlae_dask.evaluation.objectives import (
     objective_eq15,
     objective_eq15_closed_form,
 )
+from edlae_dask.evaluation.scalable import evaluate_scalable
 from edlae_dask.evaluation.search import EvaluationReport, Evaluator, GridResult, evaluate, paired_difference
 from edlae_dask.evaluation.split import HeldOut, Split, strong_generalization_split
 
@@ -46,6 +50,7 @@ __all__ = [
     "autoencoder_error_bound",
     "closed_form_dense",
     "evaluate",
+    "evaluate_scalable",
     "exact_lowrank_optimum",
     "ndcg_at_k",
     "objective_eq14",

@@ -87,11 +87,12 @@ from edlae_dask.errors import EdlaeError, MemoryBudgetError, ParameterError, wor
 from edlae_dask.evaluation.dense import DenseWorkspace, as_dask, eigensolve, plan_memory
 from edlae_dask.evaluation.metrics import METRICS, MetricSummary, summarize
 from edlae_dask.evaluation.models import FULL_RANK, emphasis_diagonal, parse_models, scaling
+from edlae_dask.evaluation.popularity import training_popularity
 from edlae_dask.evaluation.scoring import DEFAULT_BATCH_ROWS, fullrank_metrics, lowrank_metrics, put_heldout
 from edlae_dask.evaluation.split import Split, strong_generalization_split
 from edlae_dask.linalg.graph import persist
 
-__all__ = ["GridResult", "EvaluationReport", "Evaluator", "evaluate"]
+__all__ = ["GridResult", "EvaluationReport", "Evaluator", "evaluate", "popularity_row"]
 
 log = logging.getLogger("edlae_dask.evaluation")
 #: the loggers whose lines a grid point's thread writes without saying which point (the eigensolver's passes)
@@ -151,8 +152,8 @@ class GridResult:
 
     model: str
     k: int | None
-    lam: float
-    p: float
+    lam: float | None  # None: a model without λ (the popularity baseline)
+    p: float | None
     valid: dict
     test: dict
     extra: dict = field(default_factory=dict)
@@ -182,8 +183,9 @@ class EvaluationReport:
     Attributes
     ----------
     rows : list of GridResult
-        Per model and rank, the grid point with the best validation nDCG@100
-        (ties: the first in grid order), with its test metrics.
+        First the popularity baseline (:func:`popularity_row`, the sanity floor), then per model
+        and rank the grid point with the best validation nDCG@100 (ties: the first in grid
+        order), with its test metrics.
     grid : list of GridResult
         Every evaluated point.
     split : dict
@@ -228,13 +230,20 @@ class EvaluationReport:
 
     def table(self) -> str:
         head = ["model", "k", "λ", "p", "valid nDCG@100", "test nDCG@100", "test Recall@20", "test Recall@50"]
+        # the scalable path's rows carry their neighbours per item K (a grid axis there)
+        with_k = any("neighbors" in r.extra for r in self.rows)
         lines = []
         for r in self.rows:
             lines.append([
-                r.model, "-" if r.k is None else str(r.k), f"{r.lam:g}", f"{r.p:g}",
+                r.model, "-" if r.k is None else str(r.k), "-" if r.lam is None else f"{r.lam:g}",
+                "-" if r.p is None else f"{r.p:g}",
                 _fmt(r.valid[SELECT_BY], se=False), _fmt(r.test["ndcg@100"]), _fmt(r.test["recall@20"]),
                 _fmt(r.test["recall@50"]),
             ])
+            if with_k:
+                lines[-1].insert(2, str(r.extra.get("neighbors", "-")))
+        if with_k:
+            head.insert(2, "K")
         widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
         out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         out.append("  ".join("-" * w for w in widths))
@@ -615,6 +624,7 @@ class Evaluator:
             grid += exact_grid
             t_exact = time.perf_counter() - t1
             rows.sort(key=lambda r: (order[r.model], r.k or 0))
+        rows.insert(0, popularity_row(self.split_, training_popularity(self.store, self.split_, self.client), n_top))
         timings = {**self.timings_, "grid": t_grid, "exact_optimum": t_exact,
                    "run": time.perf_counter() - t0}
         settings = {"models": list(models), "ks": list(ks), "lams": list(lams), "ps": list(ps),
@@ -870,6 +880,22 @@ def _on_worker() -> bool:
         return True
     except (ImportError, ValueError):
         return False
+
+
+def popularity_row(split: Split, popularity: np.ndarray, n_top: int = 100) -> GridResult:
+    """The popularity baseline's row of a report (:mod:`~edlae_dask.evaluation.popularity`) on ``split``.
+
+    Cost: one sort of the n kept items, then O(n_top + fold-in) per held-out user; no grid.
+    """
+    from edlae_dask.evaluation.popularity import popularity_metrics
+
+    per = {name: popularity_metrics(popularity, h.fold_in, h.targets, n_top)
+           for name, h in (("valid", split.valid), ("test", split.test))}
+    return GridResult(model="popularity", k=None, lam=None, p=None,
+                      valid={m: summarize(per["valid"][:, i]) for i, m in enumerate(METRIC_NAMES)},
+                      test={m: summarize(per["test"][:, i]) for i, m in enumerate(METRIC_NAMES)},
+                      extra={"score": "training users per item, fold-in items excluded"},
+                      test_per_user=per["test"])
 
 
 def paired_difference(a, b, metric: str = SELECT_BY) -> MetricSummary:

@@ -81,6 +81,8 @@ class Split:
     seed : int
     min_items : int
     target_fraction : float
+    popularity : ndarray of int64, of shape (n_kept_items,) or None
+        Training users' interactions per kept item.
     """
 
     train_users: np.ndarray
@@ -95,6 +97,9 @@ class Split:
     min_items: int
     target_fraction: float
     extra: dict = field(default_factory=dict, compare=False)
+    #: Training users' interactions per kept item (int64, shape (n_kept_items,)): the popularity baseline's
+    #: scores (:mod:`~edlae_dask.evaluation.popularity`); None for a split made without it.
+    popularity: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_dropped_items(self) -> int:
@@ -299,5 +304,5 @@ def strong_generalization_split(store, *, n_valid=0.1, n_test=0.1, seed: int = 0
         train_users=train_users, valid_users=valid_users, test_users=test_users, items=items,
         valid=groups["valid"], test=groups["test"], n_users=n, n_items=store.n_items, seed=int(seed),
         min_items=int(min_items), target_fraction=float(target_fraction),
-        extra={"store": store.path, "store_fingerprint": store.fingerprint},
+        extra={"store": store.path, "store_fingerprint": store.fingerprint}, popularity=counts[items].astype(np.int64),
     )

@@ -18,12 +18,15 @@ names (at most 8·n·K), and the eigensolver's broadcast n × l panels
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
+from edlae_dask.errors import ParameterError
 from edlae_dask.io.interactions import read_shard
 from edlae_dask.linalg import randomized_eigh
 from edlae_dask.linalg.graph import sum_blocks, task, tree_reduce
@@ -60,6 +63,25 @@ def row_blocks(n_items: int, n_workers: int) -> tuple[int, ...]:
 
 def load_shard(path: str, s: int, dtype) -> sp.csr_matrix:
     return read_shard(path, s).astype(dtype, copy=False)
+
+
+def load_selected(path: str, s: int, local: np.ndarray, items, dtype) -> sp.csr_matrix:
+    """Rows ``local`` of shard s, columns ``items`` (all if None), as CSR in ``dtype``."""
+    x = read_shard(path, s)[local]
+    return (x if items is None else x[:, items]).astype(dtype, copy=False).tocsr()
+
+
+def first_columns(nbrs: tuple, K: int) -> tuple:
+    """The first K neighbours of each item of a block (copies: the lists stay compact)."""
+    return np.ascontiguousarray(nbrs[0][:, :K]), np.ascontiguousarray(nbrs[1][:, :K])
+
+
+def stored(x: sp.csr_matrix) -> int:
+    return int(x.nnz)
+
+
+def total(*parts: int) -> int:
+    return int(sum(parts))
 
 
 def transpose(x: sp.csr_matrix) -> sp.csr_matrix:
@@ -131,6 +153,234 @@ def teacher_bt(nbrs: tuple, weights: np.ndarray, n: int, dtype) -> sp.csr_matrix
     return teacher_transpose(nbrs[0], weights, n, dtype)
 
 
+# ----------------------------------------------------------------------------- the stages
+
+
+@dataclass
+class Loaded:
+    """What the ``load`` stage leaves on the cluster, shared by every later stage (and grid point).
+
+    Attributes
+    ----------
+    x, xt : list of Delayed
+        Persisted X_s (CSR, users_s × n) and X_sᵀ (n × users_s), one per user shard read. ``x`` is
+        None after :meth:`without_x` (the stages after ``neighbors`` read X_sᵀ only).
+    diag_g : ndarray of shape (n,), float64
+        diag(XᵀX).
+    diag_g_d : Delayed
+        The same vector as one persisted key (every neighbour task reads it; sent once per worker).
+    bound : ndarray of shape (n,), int64
+        Stored entries of each row of XᵀX, at most (:func:`row_products_bound`).
+    nnz : int
+        Interactions read.
+    n_items : int
+    chunks : tuple of int
+        Item row blocks (:func:`row_blocks`).
+    dtype : numpy dtype
+    """
+
+    x: list
+    xt: list
+    diag_g: np.ndarray
+    diag_g_d: object
+    bound: np.ndarray
+    nnz: int
+    n_items: int
+    chunks: tuple
+    dtype: np.dtype
+
+    def without_x(self) -> Loaded:
+        """The same without X_s, so its blocks are released: the shards are then held once, as X_sᵀ."""
+        return dataclasses.replace(self, x=None)
+
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        bounds = np.concatenate([[0], np.cumsum(self.chunks)]).tolist()
+        return list(zip(bounds[:-1], bounds[1:]))
+
+
+@dataclass
+class Neighbors:
+    """The ``neighbors`` stage's output: per item row block, (neighbour ids (b, K) int32, G[S_j, j] (b, K))."""
+
+    rows: list
+    K: int
+    score: str
+
+
+@dataclass
+class Teacher:
+    """The sparse teacher B by item row blocks (B[I, :] and Bᵀ[J, :], CSR) and diag(Λ) (shape (n,))."""
+
+    b_rows: list
+    bt_rows: list
+    lam_diag: np.ndarray
+    n_exact: int
+
+
+def load_stage(store, dtype, ctx, *, users=None, items=None) -> Loaded:
+    """Stage ``load``: each user shard read by one task and kept where it was read, with its transpose.
+
+    Parameters
+    ----------
+    store : InteractionStore
+    dtype : numpy dtype
+    ctx : StageContext
+    users : ndarray of int, optional
+        Sorted store rows to keep (an evaluation's training users); shards holding none are not read.
+        Default: every user.
+    items : ndarray of int, optional
+        Sorted store columns to keep, in this order (an evaluation's kept items). Default: every item.
+
+    Returns
+    -------
+    Loaded
+        Cost nnz(X) to read and transpose; diag(XᵀX) and the Gram-row bound as tree sums over shards.
+        Memory: about 2·12·nnz bytes over the workers, nothing gathered but two n-vectors.
+    """
+    dtype = np.dtype(dtype)
+    n = store.n_items if items is None else int(np.asarray(items).size)
+    path = store.location  # URL and storage options: each worker reads its shard itself
+    if users is None and items is None:
+        x = [task("load-shard", load_shard, path, s, dtype) for s in range(store.n_shards)]
+    else:
+        offsets = np.asarray(store.shard_offsets)
+        users = np.arange(store.n_users) if users is None else np.asarray(users, dtype=np.int64)
+        items_d = None if items is None else ctx.persist(task("load-items", np.asarray, np.asarray(items)),
+                                                         progress=False)
+        x = []
+        for s in range(store.n_shards):
+            lo, hi = np.searchsorted(users, [offsets[s], offsets[s + 1]])
+            if hi > lo:  # a shard without selected users is not read
+                x.append(task("load-shard", load_selected, path, s, users[lo:hi] - offsets[s], items_d, dtype))
+        if not x:
+            raise ParameterError("the user selection holds no user of the store; select at least one")
+    with ctx.stages.stage("load", f"{len(x)} user shards and their transposes, a task each"):
+        xt = [task("load-shard-t", transpose, xs) for xs in x]
+        persisted = ctx.persist([*x, *xt])
+        x, xt = persisted[: len(x)], persisted[len(x):]
+        diag_g, bound, nnz = ctx.compute(task(
+            "load-stats", both,
+            tree_reduce("load-diag", sum_blocks, [task("load-diag-part", gram_diagonal, t) for t in xt]),
+            tree_reduce("load-bound", sum_blocks, [task("load-bound-part", row_products_bound, a, t)
+                                                   for a, t in zip(x, xt)]),
+            tree_reduce("load-nnz", total, [task("load-nnz-part", stored, a) for a in x]),
+        ))
+    # an n-vector every neighbour task reads: one key, sent to a worker once, not embedded in every task
+    diag_g_d = ctx.share("diag-g", diag_g)
+    return Loaded(x=x, xt=xt, diag_g=diag_g, diag_g_d=diag_g_d, bound=bound, nnz=int(nnz), n_items=n,
+                  chunks=row_blocks(n, ctx.n_workers), dtype=dtype)
+
+
+def neighbor_stage(loaded: Loaded, K: int, score: str, ctx) -> Neighbors:
+    """Stage ``neighbors``: each item's K strongest co-occurring items (strongest first), by item row block.
+
+    ``G[I, :] = Σ_s X_sᵀ[I]·X_s`` per neighbour block of bounded work, tree-summed over shards, then
+    :func:`top_neighbors`; the lists are persisted by the row blocks of ``loaded.chunks``. They depend on
+    the data, K and ``score`` only (not on λ, p or k), and the lists for K' < K are their first K' columns
+    (:func:`prefix_neighbors`). Cost Σ_u d_u²; memory 8·n·K bytes over the workers, and a neighbour
+    task's Gram rows (:func:`edlae_dask.planning.neighbor_task_entries`) on each worker at a time.
+    """
+    n = loaded.n_items
+    K = min(int(K), n - 1)
+    if loaded.x is None:
+        raise ParameterError("the neighbour stage needs the shards' X_s: call it before Loaded.without_x()")
+    nblocks = balanced_item_blocks(loaded.bound, neighbor_task_entries(loaded.nnz, ctx.n_workers), max_items=8192)
+    with ctx.stages.stage("neighbors", f"top-{K} co-occurring items ({score}) in {len(nblocks)} blocks") as info:
+        parts = []
+        # in waves of a few blocks per worker: every block's pieces (one per shard) are ready at once, and
+        # a scheduler given all of them computes pieces of many blocks before it sums any
+        wave = NEIGHBOR_BLOCKS_PER_WORKER * max(1, ctx.n_workers)
+        for w in range(0, len(nblocks), wave):
+            todo = []
+            for a, b in nblocks[w: w + wave]:
+                rows = tree_reduce("neighbors-gram", sum_sparse, [task("neighbors-gram-part", gram_rows, t, xs, a, b)
+                                                                  for t, xs in zip(loaded.xt, loaded.x)])
+                todo.append(task("neighbors", top_neighbors, rows, a, K, loaded.diag_g_d, score))
+            parts.extend(ctx.persist(todo, progress=False))
+        starts = [a for a, _ in nblocks]
+        nbrs = []
+        for a, b in loaded.blocks:
+            over = [i for i, (na, nb) in enumerate(nblocks) if na < b and nb > a]
+            nbrs.append(task("neighbors-rows", neighbor_rows, a, b, tuple(starts[i] for i in over),
+                             *[parts[i] for i in over]))
+        nbrs = ctx.persist(nbrs)
+        del parts
+        info.update(K=K, blocks=len(nblocks), gram_products=int(loaded.bound.sum()))
+    return Neighbors(rows=nbrs, K=K, score=score)
+
+
+def prefix_neighbors(nbrs: Neighbors, K: int) -> Neighbors:
+    """The neighbour lists at K <= ``nbrs.K``: the first K columns (the lists are strongest first).
+
+    Equal to :func:`neighbor_stage` at K, padding included (:func:`top_neighbors`). Lazy: one slicing
+    task per row block, no new Gram rows.
+    """
+    K = int(K)
+    if K > nbrs.K:
+        raise ParameterError(f"neighbour lists of {nbrs.K} items have no prefix of {K}; compute them at K={K}")
+    if K == nbrs.K:
+        return nbrs
+    return Neighbors(rows=[task("neighbors-prefix", first_columns, nb, K) for nb in nbrs.rows], K=K,
+                     score=nbrs.score)
+
+
+def teacher_stage(loaded: Loaded, nbrs: Neighbors, lam: float, p: float, ctx) -> Teacher:
+    """Stage ``teacher``: ``b_S = (P_SS)⁻¹ G_Sj`` for every item j over its neighbour set, B and Bᵀ by row block.
+
+    P = XᵀX + Λ with Λ = λ + p/(1−p)·diag(XᵀX) (eq. 8, 13). A block's sets read only the neighbour lists
+    they name; where the masked P_SS is not positive definite, the exact one is formed as a sum over
+    shards. Cost n·K³/3; memory nnz(B) = n·K entries twice (B and Bᵀ) over the workers.
+    """
+    n, dtype, blocks = loaded.n_items, loaded.dtype, loaded.blocks
+    ratio = p / (1.0 - p)
+    lam_diag = lam + ratio * loaded.diag_g
+    p_diag = loaded.diag_g + lam_diag
+    p_diag_d = ctx.share("diag-p", p_diag)
+    with ctx.stages.stage("teacher", f"b_S = (P_SS)⁻¹ G_Sj for {n} items, K={nbrs.K}") as info:
+        needs = [task("teacher-needs", block_needs, nb, a) for nb, (a, _) in zip(nbrs.rows, blocks)]
+        out = []
+        for nb_j, (a, _), need in zip(nbrs.rows, blocks, needs):
+            pieces = [task("teacher-graph", graph_piece, nb_i, a_i, need) for nb_i, (a_i, _) in zip(nbrs.rows, blocks)]
+            out.append(task("teacher", teacher_block, nb_j, a, p_diag_d, *pieces))
+        out = ctx.persist(out)
+        fails = ctx.compute(task("teacher-failed", both, *[task("teacher-failed-part", failures, o) for o in out]))
+        weights, n_exact = _exact_where_needed(out, fails, loaded.xt, p_diag_d, ctx)
+        bt_rows = [task("teacher-bt", teacher_bt, nb, w, n, dtype) for nb, w in zip(nbrs.rows, weights)]
+        b_cols = [task("teacher-b-cols", transpose, bt) for bt in bt_rows]
+        b_rows = [task("teacher-b", hstack_csr, *[task("teacher-b-piece", rows_of, c, a, b) for c in b_cols])
+                  for a, b in blocks]
+        persisted = ctx.persist([*bt_rows, *b_rows])
+        bt_rows, b_rows = persisted[: len(blocks)], persisted[len(blocks):]
+        del needs, out, weights, b_cols
+        info.update(nnz_b=int(n * nbrs.K), exact_p_ss=n_exact)
+        if n_exact:
+            log.info("teacher: %d of %d items had a masked P_SS that was not positive definite; "
+                     "their P_SS was formed exactly from the interactions", n_exact, n)
+    return Teacher(b_rows=b_rows, bt_rows=bt_rows, lam_diag=lam_diag, n_exact=n_exact)
+
+
+def student_stage(loaded: Loaded, teacher: Teacher, k: int, ctx, *, n_oversamples=None, n_power_iter=None,
+                  seed: int = 0) -> tuple:
+    """Stage ``eigensolve``: V = eig_k(BᵀPB) matrix-free (:class:`StudentOperator`), then U = B·V (eq. 16–17).
+
+    Returns (U, V, eig): U and V persisted dask arrays of shape (n, k), chunked by ``loaded.chunks``, and
+    the :class:`edlae_dask.linalg.EighResult`. The leading k' columns are the rank-k' solution of the same
+    subspace. Cost 5 · 2(nnz(B) + nnz(X))·l flops (l = 2k by default); three n × l panels broadcast per product.
+    """
+    n, dtype, chunks = loaded.n_items, loaded.dtype, loaded.chunks
+    operator = StudentOperator(b_rows=teacher.b_rows, bt_rows=teacher.bt_rows, xt_shards=loaded.xt,
+                               lam=teacher.lam_diag, row_chunks=chunks, dtype=dtype)
+    with ctx.stages.stage("eigensolve", f"top-{k} eigenvectors of BᵀPB, matrix-free") as info:
+        eig = randomized_eigh(operator, n, k, row_chunks=chunks, dtype=dtype, n_oversamples=n_oversamples,
+                              n_power_iter=n_power_iter, seed=seed)
+        info.update(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter,
+                    ritz_residual_max=float(np.max(eig.ritz_residuals)))
+    V = eig.eigenvectors
+    U = ctx.persist(operator.factors_u(V))
+    return U, V, eig
+
+
 # ----------------------------------------------------------------------------- the path
 
 
@@ -139,89 +389,18 @@ def run_scalable(store, params, ctx) -> PathResult:
 
     ``params`` is a :class:`edlae_dask.config.TrainParams` (``neighbors``,
     ``neighbor_score`` used); ``ctx`` an :class:`edlae_dask.runtime.StageContext`.
+    load → neighbors → teacher → eigensolve, each a stage function above.
     """
-    dtype = np.dtype(params.dtype)
-    n = store.n_items
-    K = min(int(params.neighbors), n - 1)
-    chunks = row_blocks(n, ctx.n_workers)
-    bounds = np.concatenate([[0], np.cumsum(chunks)]).tolist()
-    blocks = list(zip(bounds[:-1], bounds[1:]))
-    ratio = params.p / (1.0 - params.p)
-    path = store.location  # URL and storage options: each worker reads its shard itself
-    stages = ctx.stages
-
-    with stages.stage("load", f"{store.n_shards} user shards and their transposes, a task each"):
-        x = [task("load-shard", load_shard, path, s, dtype) for s in range(store.n_shards)]
-        xt = [task("load-shard-t", transpose, xs) for xs in x]
-        persisted = ctx.persist([*x, *xt])
-        x, xt = persisted[: len(x)], persisted[len(x):]
-        diag_g, bound = ctx.compute(task(
-            "load-stats", both,
-            tree_reduce("load-diag", sum_blocks, [task("load-diag-part", gram_diagonal, t) for t in xt]),
-            tree_reduce("load-bound", sum_blocks, [task("load-bound-part", row_products_bound, a, t)
-                                                   for a, t in zip(x, xt)]),
-        ))
-    lam_diag = params.lam + ratio * diag_g
-    p_diag = diag_g + lam_diag
-    # n-vectors every task of a stage reads: one key each, sent to a worker once, not
-    # embedded in (and shipped with) every task
-    diag_g_d, p_diag_d = ctx.share("diag-g", diag_g), ctx.share("diag-p", p_diag)
-
-    nblocks = balanced_item_blocks(bound, neighbor_task_entries(store.nnz, ctx.n_workers), max_items=8192)
-    with stages.stage("neighbors",
-                      f"top-{K} co-occurring items ({params.neighbor_score}) in {len(nblocks)} blocks") as info:
-        parts = []
-        # in waves of a few blocks per worker: every block's pieces (one per shard) are ready at once, and
-        # a scheduler given all of them computes pieces of many blocks before it sums any
-        wave = NEIGHBOR_BLOCKS_PER_WORKER * max(1, ctx.n_workers)
-        for w in range(0, len(nblocks), wave):
-            todo = []
-            for a, b in nblocks[w: w + wave]:
-                rows = tree_reduce("neighbors-gram", sum_sparse,
-                                   [task("neighbors-gram-part", gram_rows, t, xs, a, b) for t, xs in zip(xt, x)])
-                todo.append(task("neighbors", top_neighbors, rows, a, K, diag_g_d, params.neighbor_score))
-            parts.extend(ctx.persist(todo, progress=False))
-        starts = [a for a, _ in nblocks]
-        nbrs = []
-        for a, b in blocks:
-            over = [i for i, (na, nb) in enumerate(nblocks) if na < b and nb > a]
-            nbrs.append(task("neighbors-rows", neighbor_rows, a, b, tuple(starts[i] for i in over),
-                             *[parts[i] for i in over]))
-        nbrs = ctx.persist(nbrs)
-        # from here on the shards are held once, as X_sᵀ (the operator and the exact P_SS read only that)
-        del parts, x
-        info.update(K=K, blocks=len(nblocks), gram_products=int(bound.sum()))
-    with stages.stage("teacher", f"b_S = (P_SS)⁻¹ G_Sj for {n} items, K={K}") as info:
-        needs = [task("teacher-needs", block_needs, nb, a) for nb, (a, _) in zip(nbrs, blocks)]
-        out = []
-        for nb_j, (a, _), need in zip(nbrs, blocks, needs):
-            pieces = [task("teacher-graph", graph_piece, nb_i, a_i, need) for nb_i, (a_i, _) in zip(nbrs, blocks)]
-            out.append(task("teacher", teacher_block, nb_j, a, p_diag_d, *pieces))
-        out = ctx.persist(out)
-        fails = ctx.compute(task("teacher-failed", both, *[task("teacher-failed-part", failures, o) for o in out]))
-        weights, n_exact = _exact_where_needed(out, fails, xt, p_diag_d, ctx)
-        bt_rows = [task("teacher-bt", teacher_bt, nb, w, n, dtype) for nb, w in zip(nbrs, weights)]
-        b_cols = [task("teacher-b-cols", transpose, bt) for bt in bt_rows]
-        b_rows = [task("teacher-b", hstack_csr, *[task("teacher-b-piece", rows_of, c, a, b) for c in b_cols])
-                  for a, b in blocks]
-        persisted = ctx.persist([*bt_rows, *b_rows])
-        bt_rows, b_rows = persisted[: len(blocks)], persisted[len(blocks):]
-        del nbrs, needs, out, weights, b_cols, persisted
-        info.update(nnz_b=int(n * K), exact_p_ss=n_exact)
-        if n_exact:
-            log.info("teacher: %d of %d items had a masked P_SS that was not positive definite; "
-                     "their P_SS was formed exactly from the interactions", n_exact, n)
-    operator = StudentOperator(b_rows=b_rows, bt_rows=bt_rows, xt_shards=xt,
-                               lam=lam_diag, row_chunks=chunks, dtype=dtype)
-    with stages.stage("eigensolve", f"top-{params.k} eigenvectors of BᵀPB, matrix-free") as info:
-        eig = randomized_eigh(operator, n, params.k, row_chunks=chunks, dtype=dtype,
-                              n_oversamples=params.n_oversamples, n_power_iter=params.n_power_iter, seed=params.seed)
-        info.update(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter,
-                    ritz_residual_max=float(np.max(eig.ritz_residuals)))
-    V = eig.eigenvectors
-    U = ctx.persist(operator.factors_u(V))
+    loaded = load_stage(store, params.dtype, ctx)
+    nbrs = neighbor_stage(loaded, params.neighbors, params.neighbor_score, ctx)
+    loaded = loaded.without_x()  # from here on the shards are held once, as X_sᵀ
+    teacher = teacher_stage(loaded, nbrs, params.lam, params.p, ctx)
+    del nbrs
+    U, V, eig = student_stage(loaded, teacher, params.k, ctx, n_oversamples=params.n_oversamples,
+                              n_power_iter=params.n_power_iter, seed=params.seed)
     return PathResult(U=U, V=V, eig=eig,
-                      info=dict(neighbors=K, neighbor_score=params.neighbor_score, row_blocks=len(chunks)))
+                      info=dict(neighbors=min(int(params.neighbors), loaded.n_items - 1),
+                                neighbor_score=params.neighbor_score, row_blocks=len(loaded.chunks)))
 
 
 def _exact_where_needed(out: list, fails: list, xt: list, p_diag_d, ctx) -> tuple[list, int]:
