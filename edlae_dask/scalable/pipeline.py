@@ -155,8 +155,10 @@ def run_scalable(store, params, ctx) -> PathResult:
                                lam=lam_diag, row_chunks=chunks, dtype=dtype)
     with stages.stage("eigensolve", f"top-{params.k} eigenvectors of BᵀPB, matrix-free") as info:
         eig = randomized_eigh(operator, n, params.k, row_chunks=chunks, dtype=dtype,
-                              n_oversamples=params.n_oversamples, n_power_iter=params.n_power_iter, seed=params.seed)
+                              n_oversamples=params.n_oversamples, n_power_iter=params.n_power_iter, seed=params.seed,
+                              tol=params.eig_tol, max_power_iter=params.max_power_iter)
         info.update(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter,
+                    converged=eig.converged, ritz_sum_change=eig.ritz_sum_change,
                     ritz_residual_max=float(np.max(eig.ritz_residuals)))
     V = eig.eigenvectors
     U = ctx.persist(operator.factors_u(V))
