@@ -101,6 +101,40 @@ def _run(train_store, held, params, checkpoint_dir) -> dict:
     return row
 
 
+def _overhead(X, args) -> list[dict]:
+    """Seconds of the eigensolver alone, fixed q against the rule, on the dense Gram ``XᵀX + λI`` (interleaved, min).
+
+    The rule at a tolerance it meets at once (0.5) runs the same passes as the fixed q = 3, so
+    the difference is what the checks cost; at ``--tols``' defaults it may add passes.
+    """
+    import dask.array as da
+
+    from edlae_dask.linalg import randomized_eigh
+
+    G = (X.T @ X).toarray().astype(args.dtype)
+    G[np.diag_indices_from(G)] += args.lam
+    Gd = da.from_array(G, chunks=(4096, 4096))
+    n = G.shape[0]
+    settings = [("fixed", 3, {}), ("tol", 0.5, dict(tol=0.5)), ("tol", 1e-3, dict(tol=1e-3))]
+    times: dict = {}
+    rows = []
+    for rep in range(args.overhead_reps):
+        for kind, value, kw in settings:
+            t0 = time.perf_counter()
+            r = randomized_eigh(Gd.__matmul__, n, args.k, row_chunks=Gd.chunks[0], dtype=args.dtype, n_power_iter=3,
+                                log=lambda line: None, **kw)
+            times.setdefault((kind, value), []).append(time.perf_counter() - t0)
+            if rep == 0:
+                rows.append({"rule": kind, "value": value, "n": n, "n_power_iter": r.n_power_iter,
+                             "converged": r.converged})
+    for row in rows:
+        t = times[row["rule"], row["value"]]
+        row.update(seconds_min=round(min(t), 2), seconds_all=[round(x, 2) for x in t])
+        print(f"overhead {row['rule']:>6} {row['value']:<6g} q={row['n_power_iter']:<3} min {row['seconds_min']:.2f} s "
+              f"of {row['seconds_all']}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="yelp-s3rec")
@@ -112,12 +146,14 @@ def main() -> None:
     ap.add_argument("--p", type=float, default=0.25)
     ap.add_argument("--neighbors", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--paths", nargs="+", default=["scalable", "dense"], choices=["scalable", "dense"])
+    ap.add_argument("--paths", nargs="*", default=["scalable", "dense"], choices=["scalable", "dense"])
     ap.add_argument("--passes", type=int, nargs="+", default=[0, 1, 2, 3, 4, 6, 8, 12])
     ap.add_argument("--dense-passes", type=int, nargs="+", default=None,
                     help="Fixed passes of the dense path (default: --passes).")
     ap.add_argument("--tols", type=float, nargs="+", default=[1e-2, 3e-3, 1e-3, 3e-4, 1e-4])
     ap.add_argument("--max-power-iter", type=int, default=None, help="Cap under the rule (default: TrainParams').")
+    ap.add_argument("--overhead-reps", type=int, default=3,
+                    help="Repeats of the eigensolver-alone timing on the dense Gram (0: skip it).")
     ap.add_argument("--out", default="convergence")
     args = ap.parse_args()
 
@@ -161,10 +197,12 @@ def main() -> None:
                       f"{row['eigensolve_seconds']:>8.1f}{row['train_seconds']:>9.1f}{row['ndcg@100']:>10.4f}",
                       flush=True)
     shutil.rmtree(ckpt, ignore_errors=True)
-    _report(args, head, rows, machine, split, cap)
+    with dask.config.set(scheduler="threads"):
+        overhead = _overhead(X, args) if args.overhead_reps else []
+    _report(args, head, rows, machine, split, cap, overhead)
 
 
-def _report(args, head, rows, machine, split, cap) -> None:
+def _report(args, head, rows, machine, split, cap, overhead) -> None:
     lines = [f"# Eigensolver convergence rule: {args.dataset}", "", head + f"; K={args.neighbors} (scalable). "
              f"Machine: {machine['cpu']}, {machine['cores']} cores, shared (1-min load "
              f"{machine['load_average_1min_at_start']} at the start: seconds are indicative).", "",
@@ -181,13 +219,21 @@ def _report(args, head, rows, machine, split, cap) -> None:
                      f"{'' if change is None else f'{change:.2e}'} | {r['ritz_residual_max']:.3e} | "
                      f"{r['eigensolve_seconds']:.1f} | {r['train_seconds']:.1f} | {r['ndcg@100']:.4f} | "
                      f"{r['recall@20']:.4f} | {r['recall@50']:.4f} |")
+    if overhead:
+        lines += ["", f"The eigensolver alone on the dense Gram XᵀX + λI of these {overhead[0]['n']} items "
+                  f"(k={args.k}, n_power_iter=3; {args.overhead_reps} interleaved repeats, the least seconds):", "",
+                  "| setting | q | converged | seconds (min) | all |", "|---|---:|---|---:|---|"]
+        for r in overhead:
+            setting = "q=3, no rule" if r["rule"] == "fixed" else f"tol={r['value']:g}"
+            lines.append(f"| {setting} | {r['n_power_iter']} | {r['converged']} | {r['seconds_min']:.2f} | "
+                         f"{', '.join(f'{x:.2f}' for x in r['seconds_all'])} |")
     command = "python benchmarks/bench_convergence.py " + " ".join(sys.argv[1:])
     lines += ["", f"Command: `{command}`"]
     out = HERE / "results" / args.out
     out.parent.mkdir(exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(
         {"dataset": args.dataset, "args": {k: str(v) for k, v in vars(args).items()}, "split": split.summary(),
-         "runs": rows, "machine": machine, "command": command}, indent=2))
+         "runs": rows, "eigensolver_overhead": overhead, "machine": machine, "command": command}, indent=2))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

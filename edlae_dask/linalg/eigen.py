@@ -11,6 +11,11 @@ itself is never formed here: the caller passes ``apply_m`` (e.g.
   full re-orthogonalization (block Lanczos), and Rayleigh–Ritz on all of it.
   For the same Rayleigh–Ritz dimension it applies ``M`` to ``q + 1`` times fewer
   columns.
+
+Both run a fixed number of passes (``n_power_iter``), or, with ``tol``, at least that many
+and then until the sum of the top-k Ritz values changes by less than ``tol`` (relatively)
+between two passes, at most ``max_power_iter`` (:func:`randomized_eigh`, Notes, for what a
+check costs; the measured defaults of training are in benchmarks/results/convergence.md).
 """
 
 from __future__ import annotations
