@@ -105,7 +105,7 @@ def _overhead(X, args) -> list[dict]:
     """Seconds of the eigensolver alone, fixed q against the rule, on the dense Gram ``XᵀX + λI`` (interleaved, min).
 
     The rule at a tolerance it meets at once (0.5) runs the same passes as the fixed q = 3, so
-    the difference is what the checks cost; at ``--tols``' defaults it may add passes.
+    the difference is what the checks cost; at the default tolerance it may add passes.
     """
     import dask.array as da
 
@@ -115,7 +115,10 @@ def _overhead(X, args) -> list[dict]:
     G[np.diag_indices_from(G)] += args.lam
     Gd = da.from_array(G, chunks=(4096, 4096))
     n = G.shape[0]
-    settings = [("fixed", 3, {}), ("tol", 0.5, dict(tol=0.5)), ("tol", 1e-3, dict(tol=1e-3))]
+    from edlae_dask.config import TrainParams
+
+    tol = TrainParams.eig_tol  # the default rule
+    settings = [("fixed", 3, {}), ("tol", 0.5, dict(tol=0.5)), ("tol", tol, dict(tol=tol))]
     times: dict = {}
     rows = []
     for rep in range(args.overhead_reps):
