@@ -514,3 +514,14 @@ def test_the_training_stage_info_reports_passes_and_convergence(tmp_path, path):
     assert info["converged"] is False and info["n_power_iter"] == 1
     fixed = train(store, params=TrainParams(**base, n_power_iter=2, eig_tol=0.0)).stages["eigensolve"]["detail"]
     assert fixed["converged"] is None and fixed["n_power_iter"] == 2
+
+
+@pytest.mark.parametrize("method", ["subspace", "krylov"])
+def test_a_rule_met_at_the_least_passes_gives_the_fixed_solve(method):
+    M, _, _ = psd(120, decay=0.9)
+    fixed = solve(M, 6, (50, 70), method=method, n_oversamples=6, n_power_iter=4)
+    rule = solve(M, 6, (50, 70), method=method, n_oversamples=6, n_power_iter=4, tol=0.5, max_power_iter=9)
+    assert rule.converged and rule.n_power_iter == 4 and rule.n_matvecs == fixed.n_matvecs
+    np.testing.assert_allclose(rule.eigenvalues, fixed.eigenvalues, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(rule.eigenvectors.compute().T @ fixed.eigenvectors.compute()), np.eye(6),
+                               atol=1e-6)

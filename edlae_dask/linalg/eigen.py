@@ -595,9 +595,13 @@ def randomized_eigh(
     and ``Z`` is held as a panel (the fixed-pass solve fuses it into the next QR):
     two n × l panels at a time, as before. ``"krylov"``: the Ritz values of the basis
     so far come from the T it already assembles (no work on the panels); each check is
-    a float64 eigenvalue problem of the basis' dimension on the client (checked only
-    from pass ``n_power_iter − 1`` on), and the residual Gram of the last block is
-    ``RᵀR`` of the next block's orthonormalization (computed anyway, unused at the end).
+    a float64 eigenvalue problem of the basis' dimension on the client, from block
+    ``n_power_iter`` on (the one before: eigenvalues only). From ``n_power_iter + 1``
+    blocks on a check is the Rayleigh–Ritz step itself, reused when the solve stops
+    there, so a solve that stops at its least passes pays one eigenvalues-only problem of
+    ``n_power_iter·b`` dimensions more than the fixed-pass solve; the residual Gram of
+    the last block is ``RᵀR`` of the next block's orthonormalization (computed anyway,
+    unused at the end: b more columns of QR).
     Each pass past ``n_power_iter`` costs one more application of ``M`` (subspace: to
     l columns; Krylov: to b columns, and b more columns of basis held).
 
@@ -835,11 +839,16 @@ class _Solver:
             del W, W1, W2, H2
             columns.append(H)
             n_blocks, dim = j + 1, b * (j + 1)
-            est = None
-            if dim >= k and (n_blocks >= min_blocks - 1 or self.monitor is not None):
+            est = ritz = None
+            if dim >= k and n_blocks >= min_blocks:
+                # the Rayleigh–Ritz step itself (eigenvectors too): reused if the solve stops here
+                ritz = self.top_k(_assemble(columns, b))
+                est = float(np.sum(ritz[0]))
+            elif dim >= k and (n_blocks == min_blocks - 1 or self.monitor is not None):
                 T = _assemble(columns, b)
                 self.check_finite(T)
                 est = float(np.sum(np.linalg.eigvalsh(0.5 * (T + T.T))[::-1][:k]))
+            if est is not None:
                 if prev is not None:
                     change = abs(est - prev) / max(abs(est), 1e-300)
                     converged = change < tol
@@ -857,7 +866,7 @@ class _Solver:
         # the residual Gram: (I − QQᵀ)·M·Q_last = Qn·R, so its Gram is RᵀR
         F = R.T @ R
         tp = time.perf_counter()
-        theta, Wt = self.top_k(_assemble(columns, b))
+        theta, Wt = ritz if ritz is not None else self.top_k(_assemble(columns, b))
         w_last = Wt[-b:]
         res_norm = np.sqrt(np.maximum(np.einsum("ij,ij->j", w_last, F @ w_last), 0.0))
         V0 = graph.persist(_rowwise(_k_combine, basis, _small([Wt]), k, self.dtype, "edlae-ritz-"), wait=False)
