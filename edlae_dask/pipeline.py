@@ -155,7 +155,7 @@ def _result(store, params: TrainParams, factors: PathResult, path: str) -> Train
         eigensolver=dict(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter,
                          method=eig.method, block_size=eig.block_size, n_matvec_columns=eig.n_matvec_columns,
                          converged=eig.converged,
-                         ritz_sum_change=None if np.isnan(eig.ritz_sum_change) else float(eig.ritz_sum_change)),
+                         ritz_sum_change=eig.ritz_sum_change),
         path=path,
         path_info=factors.info,
     )

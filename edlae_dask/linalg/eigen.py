@@ -156,9 +156,9 @@ class EighResult:
         Ritz value sum fell below ``tol``); ``False`` if the pass cap stopped it; ``None``
         when no rule was asked for (a fixed number of passes).
 
-    ritz_sum_change : float
+    ritz_sum_change : float or None
         ``|s_q − s_{q−1}| / |s_q|`` of the top-k Ritz value sums s of the last two passes;
-        NaN when fewer than two were formed (always, without a rule).
+        None when fewer than two were formed (always, without a rule).
     """
 
     eigenvalues: np.ndarray
@@ -172,7 +172,7 @@ class EighResult:
     block_size: int = 0
     n_matvec_columns: int = 0
     converged: bool | None = None
-    ritz_sum_change: float = float("nan")
+    ritz_sum_change: float | None = None
 
 
 # --------------------------------------------------------------------------- block kernels
@@ -966,7 +966,7 @@ class _Solver:
             block_size=block,
             n_matvec_columns=self.n_matvecs * block,
             converged=converged,
-            ritz_sum_change=float(change),
+            ritz_sum_change=None if np.isnan(change) else float(change),
         )
 
 
