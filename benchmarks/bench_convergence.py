@@ -65,8 +65,11 @@ def _prepare(args):
     if not full.exists() and args.dataset.startswith("synthetic-"):
         from edlae_dask.synthetic import make_interactions
 
-        n = int(args.dataset.split("-")[1])  # the data of bench_scalable.py scale at n items
-        X = make_interactions(2 * n, n, mean_per_user=25, item_alpha=0.9, n_topics=max(50, n // 2000), seed=0)
+        # the data of bench_scalable.py scale at n items (synthetic-N), or with T topics (synthetic-N-tT)
+        parts = args.dataset.split("-")
+        n = int(parts[1])
+        topics = int(parts[2][1:]) if len(parts) > 2 else max(50, n // 2000)
+        X = make_interactions(2 * n, n, mean_per_user=25, item_alpha=0.9, n_topics=topics, seed=0)
         write_interactions(full, X, shard_size=100_000)
         del X
     elif not full.exists():
@@ -152,7 +155,8 @@ def _overhead(X, args) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="yelp-s3rec",
-                    help="A folder of --data-dir, or synthetic-N: bench_scalable.py scale's synthetic data at N items.")
+                    help="A folder of --data-dir, or synthetic-N[-tT]: bench_scalable.py scale's synthetic data at N "
+                         "items (T topics; default its rule, max(50, N / 2000)).")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/edlae-bench-convergence"))
     ap.add_argument("--min-value", type=float, default=None, help="Keep ratings >= this (explicit datasets).")
