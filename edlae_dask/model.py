@@ -64,7 +64,7 @@ class EDLAE:
         Randomized eigensolver settings; ``None`` takes the measured defaults of
         :func:`edlae_dask.linalg.randomized_eigh`. ``n_power_iter`` is the least number
         of passes under ``eig_tol``, the exact number with ``eig_tol=0``.
-    eig_tol : float, default=5e-3
+    eig_tol : float, default=2e-2
         Eigensolver convergence rule: stop when the sum of the top-k Ritz values changes
         by less than this (relative) between passes; 0 turns it off.
     max_power_iter : int, default=20
