@@ -41,6 +41,17 @@ NEIGHBOR_SCORES = ("count", "cosine")
 #: Most passes of the eigensolver a run may ask for: the measured defaults use 3 (subspace) and 11 (block Krylov,
 #: benchmarks/results/eigen-defaults.md); far more only makes a job run for days.
 MAX_POWER_ITER = 100
+#: Default convergence rule of the eigensolver (``--eig-tol``): stop when the top-k Ritz value sum changes by less
+#: than this, relatively, between two passes; 0 turns the rule off (exactly ``--power-iters`` passes). Measured
+#: (benchmarks/results/convergence*.md, k = 100): test nDCG@100 stops rising once the change is ~1.5e-2 (yelp-s3rec,
+#: dense) and never rises with more passes (yelp-s3rec scalable; synthetic 10⁵ items), while on a synthetic set whose
+#: top-k lies inside a flat stretch of the spectrum it falls with every pass (0.157 at 3 passes, change 1.0e-2;
+#: 0.139 at 5e-3; 0.118 at 1e-3). 2e-2 keeps all of them at the measured 3 passes and adds passes only to a solve
+#: still moving more than that (where the dense nDCG was still rising); tighter is for eigenvectors, not ranking.
+DEFAULT_EIG_TOL = 2e-2
+#: Default most power iterations under the rule (``--max-power-iters``; Krylov: blocks beyond the first). Equal to
+#: ``edlae_dask.linalg.eigen.DEFAULT_MAX_POWER_ITER`` (a test holds them together).
+DEFAULT_MAX_POWER_ITER = 20
 #: Default K of the scalable path; its accuracy against the dense path on real data is in
 #: benchmarks/results/design-notes.md and scalable-accuracy-*.md. The teacher costs K³ per item, so larger
 #: K is for smaller catalogues.
@@ -276,7 +287,15 @@ class TrainParams:
     block_size: int | None = option(None, help="Side of the n x n blocks (default 2048/4096).")
     n_oversamples: int | None = option(None, flag="--oversamples",
                                        help="Eigensolver oversampling (default: measured rule).")
-    n_power_iter: int | None = option(None, flag="--power-iters", help="Eigensolver power iterations.")
+    n_power_iter: int | None = option(None, flag="--power-iters",
+                                      help="Eigensolver power iterations: the least under --eig-tol, exactly this "
+                                           "many with --eig-tol 0 (default: measured, 3; Krylov 11).")
+    eig_tol: float = option(DEFAULT_EIG_TOL, flag="--eig-tol",
+                            help="Eigensolver convergence rule: after --power-iters passes, stop once the sum of the "
+                                 "top-k Ritz values changes by less than this (relative) between passes; 0: off.")
+    max_power_iter: int = option(DEFAULT_MAX_POWER_ITER, flag="--max-power-iters",
+                                 help="Eigensolver: most power iterations under --eig-tol (the run stops there, "
+                                      "converged or not, and says which).")
     seed: int = option(0, help="Seed of the eigensolver.")
     # train_path in the commands and in JobSpec.values, as it was before the declarations (there a `path` reads
     # as a file's)
@@ -311,6 +330,18 @@ class TrainParams:
             if v is not None and (not isinstance(v, numbers.Integral) or v < 0 or (most is not None and v > most)):
                 limit = f" and <= {most} (each pass is a product with the n x n student matrix)" if most else ""
                 raise bad(name, f"an int >= 0{limit}, or None (chosen by measurement)", v)
+        if (isinstance(self.eig_tol, bool) or not isinstance(self.eig_tol, numbers.Real)
+                or not 0 <= self.eig_tol < 1):
+            raise bad("eig_tol", "a float in [0, 1) (relative change of the top-k Ritz sum; 0: a fixed number of "
+                                 "passes)", self.eig_tol)
+        if (isinstance(self.max_power_iter, bool) or not isinstance(self.max_power_iter, numbers.Integral)
+                or not 0 <= self.max_power_iter <= MAX_POWER_ITER):
+            raise bad("max_power_iter", f"an int in [0, {MAX_POWER_ITER}] (each pass is a product with the student "
+                                        "matrix)", self.max_power_iter)
+        if self.eig_tol and self.n_power_iter is not None and self.n_power_iter > self.max_power_iter:
+            raise bad("n_power_iter", f"at most max_power_iter = {self.max_power_iter} (the least passes under "
+                                      "eig_tol; raise max_power_iter, or set eig_tol 0 for a fixed count)",
+                      self.n_power_iter)
         if self.path not in TRAINING_PATHS:
             raise bad("path", f"one of {TRAINING_PATHS}", self.path)
         if not isinstance(self.neighbors, numbers.Integral) or isinstance(self.neighbors, bool) or self.neighbors < 1:

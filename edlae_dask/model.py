@@ -62,7 +62,13 @@ class EDLAE:
         Side of the square n x n blocks (default: 2,048, or 4,096 above 40,000 items).
     n_oversamples, n_power_iter : int, optional
         Randomized eigensolver settings; ``None`` takes the measured defaults of
-        :func:`edlae_dask.linalg.randomized_eigh`.
+        :func:`edlae_dask.linalg.randomized_eigh`. ``n_power_iter`` is the least number
+        of passes under ``eig_tol``, the exact number with ``eig_tol=0``.
+    eig_tol : float, default=2e-2
+        Eigensolver convergence rule: stop when the sum of the top-k Ritz values changes
+        by less than this (relative) between passes; 0 turns it off.
+    max_power_iter : int, default=20
+        Most eigensolver power iterations under ``eig_tol``.
     seed : int, default=0
         Seed of the eigensolver's random start: same seed, same factors.
     path : {"auto", "dense", "scalable"}, default="auto"
@@ -104,6 +110,7 @@ class EDLAE:
     def __init__(self, k: int = _DEFAULT.k, *, lam: float = _DEFAULT.lam, p: float = _DEFAULT.p,
                  dtype: str = _DEFAULT.dtype, block_size: int | None = _DEFAULT.block_size,
                  n_oversamples: int | None = _DEFAULT.n_oversamples, n_power_iter: int | None = _DEFAULT.n_power_iter,
+                 eig_tol: float = _DEFAULT.eig_tol, max_power_iter: int = _DEFAULT.max_power_iter,
                  seed: int = _DEFAULT.seed, path: str = _DEFAULT.path, neighbors: int = _DEFAULT.neighbors,
                  neighbor_score: str = _DEFAULT.neighbor_score):
         self.k = k
@@ -113,6 +120,8 @@ class EDLAE:
         self.block_size = block_size
         self.n_oversamples = n_oversamples
         self.n_power_iter = n_power_iter
+        self.eig_tol = eig_tol
+        self.max_power_iter = max_power_iter
         self.seed = seed
         self.path = path
         self.neighbors = neighbors

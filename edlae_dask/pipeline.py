@@ -153,7 +153,9 @@ def _result(store, params: TrainParams, factors: PathResult, path: str) -> Train
         params=params,
         interactions_fingerprint=store.fingerprint,
         eigensolver=dict(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter,
-                         method=eig.method, block_size=eig.block_size, n_matvec_columns=eig.n_matvec_columns),
+                         method=eig.method, block_size=eig.block_size, n_matvec_columns=eig.n_matvec_columns,
+                         converged=eig.converged,
+                         ritz_sum_change=eig.ritz_sum_change),
         path=path,
         path_info=factors.info,
     )

@@ -116,3 +116,44 @@ def test_a_spec_of_no_known_job_is_an_error(tmp_path):
     spec = _spec(tmp_path, {"out": "f"})
     with pytest.raises(ParameterError, match="'demo' is not a job"):
         load_job_spec(spec, "demo")
+
+
+def test_the_eigensolver_rule_defaults_are_the_solvers_cap_and_reach_cli_and_estimator():
+    from edlae_dask.config import DEFAULT_EIG_TOL, DEFAULT_MAX_POWER_ITER
+    from edlae_dask.linalg import eigen
+
+    assert DEFAULT_MAX_POWER_ITER == eigen.DEFAULT_MAX_POWER_ITER
+    assert (TrainParams().eig_tol, TrainParams().max_power_iter) == (DEFAULT_EIG_TOL, DEFAULT_MAX_POWER_ITER)
+    assert DEFAULT_MAX_POWER_ITER >= eigen.KRYLOV_N_POWER_ITER >= eigen.DEFAULT_N_POWER_ITER  # the least fits the cap
+    flags = {p.opts[0]: p.default for p in cli.commands["train"].params}
+    assert flags["--eig-tol"] == DEFAULT_EIG_TOL and flags["--max-power-iters"] == DEFAULT_MAX_POWER_ITER
+    assert EDLAE(eig_tol=0.0, max_power_iter=5).get_params()["max_power_iter"] == 5
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(eig_tol=-0.1), "'eig_tol' parameter of EDLAE must be a float in [0, 1)"),
+    (dict(eig_tol=1.0), "'eig_tol' parameter"),
+    (dict(eig_tol=float("nan")), "'eig_tol' parameter"),
+    (dict(eig_tol="1e-3"), "'eig_tol' parameter"),
+    (dict(max_power_iter=-1), "'max_power_iter' parameter of EDLAE must be an int in [0, 100]"),
+    (dict(max_power_iter=101), "'max_power_iter' parameter"),
+    (dict(max_power_iter=True), "'max_power_iter' parameter"),
+    (dict(n_power_iter=9, max_power_iter=8), "'n_power_iter' parameter of EDLAE must be at most max_power_iter = 8"),
+])
+def test_the_eigensolver_rule_parameters_are_checked(kw, message):
+    with pytest.raises(ParameterError) as err:
+        TrainParams(**kw).validate()
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_fixed_pass_count_may_exceed_the_cap():
+    TrainParams(n_power_iter=30, max_power_iter=8, eig_tol=0.0).validate()  # no rule: the cap is not used
+
+
+def test_the_rule_flags_reach_the_spec_and_the_cli(tmp_path):
+    spec = _spec(tmp_path, {"job": "train", "interactions": "x.zarr", "out": "f", "eig-tol": 0.01,
+                            "max-power-iters": 7})
+    values = load_job_spec(spec).values
+    assert values["eig_tol"] == 0.01 and values["max_power_iter"] == 7
+    r = CliRunner().invoke(cli, ["train", "--interactions", "nowhere.zarr", "--out", "f", "--eig-tol", "2"])
+    assert r.exit_code != 0 and "eig_tol" in r.output

@@ -382,3 +382,151 @@ def test_single_cholesky_qr_keeps_the_span():
     Q = Q.compute(scheduler="threads")
     np.testing.assert_allclose(Q @ R, Y, atol=1e-9)
     np.testing.assert_allclose(Q.T @ Q, np.eye(12), atol=1e-8)
+
+
+# --------------------------------------------------------------------------- the convergence rule (tol)
+
+
+def gapped(n, k, ratio, seed=0):
+    """Q·diag(λ)·Qᵀ whose eigenvalues beyond the k-th are ``ratio`` times the k-th or less (ratio → 1: slow)."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.concatenate([10.0 - 0.5 * np.arange(k), (10.0 - 0.5 * (k - 1)) * ratio * 0.98 ** np.arange(n - k)])
+    return (U * lam) @ U.T, lam
+
+
+def ritz_sums(M, k, method, **kw):
+    sums = []
+    res = solve(M, k, (40, 40, 40), method=method, monitor=lambda d: sums.append(d["ritz_sum"]), **kw)
+    return res, [s for s in sums if s is not None]
+
+
+@pytest.mark.parametrize("method", ["subspace", "krylov"])
+def test_the_rule_stops_when_the_ritz_sum_settles_and_a_slow_gap_takes_more_passes(method):
+    k, tol = 4, 1e-6
+    fast, lam_fast = gapped(120, k, 0.3)
+    slow, lam_slow = gapped(120, k, 0.9)
+    kw = dict(n_oversamples=4, n_power_iter=1, tol=tol, max_power_iter=60)
+    rf, sums_f = ritz_sums(fast, k, method, **kw)
+    rs, sums_s = ritz_sums(slow, k, method, **kw)
+    assert rf.converged and rs.converged
+    assert rs.n_power_iter > rf.n_power_iter
+    for r, sums, lam in ((rf, sums_f, lam_fast), (rs, sums_s, lam_slow)):
+        # it stopped at the first pass (from n_power_iter on) where the change fell below tol
+        changes = np.abs(np.diff(sums)) / np.abs(np.asarray(sums[1:]))
+        assert r.ritz_sum_change == pytest.approx(changes[-1]) and changes[-1] < tol
+        assert np.all(changes[:-1] >= tol)
+        assert r.n_matvecs == r.n_power_iter + 2
+        np.testing.assert_allclose(r.eigenvalues, lam[:k], rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["subspace", "krylov"])
+def test_the_pass_cap_is_honoured_and_says_not_converged(method, caplog):
+    M, _ = gapped(120, 4, 0.95)
+    with caplog.at_level(logging.INFO, logger="edlae_dask.linalg"):
+        r = solve(M, 4, (40, 40, 40), method=method, n_oversamples=4, n_power_iter=1, tol=1e-12, max_power_iter=3)
+    assert r.converged is False and r.n_power_iter == 3 and r.n_matvecs == 5
+    assert r.ritz_sum_change >= 1e-12
+    assert "NOT converged after 3 power iterations" in caplog.text
+
+
+@pytest.mark.parametrize("method", ["subspace", "krylov"])
+def test_n_power_iter_is_the_least_passes_under_the_rule(method):
+    M, _ = gapped(120, 4, 0.3)
+    r = solve(M, 4, (40, 40, 40), method=method, n_oversamples=4, n_power_iter=6, tol=0.5, max_power_iter=10)
+    assert r.converged and r.n_power_iter == 6
+
+
+def test_without_a_rule_the_passes_are_fixed_and_unreported():
+    M, _, _ = psd(60)
+    old = solve(M, 5, (20, 20, 20))
+    assert old.converged is None and old.ritz_sum_change is None and old.n_power_iter == 3
+    zero = solve(M, 5, (20, 20, 20), tol=0.0, max_power_iter=1)  # 0 is off too: the cap is not used
+    np.testing.assert_array_equal(zero.eigenvalues, old.eigenvalues)
+
+
+@pytest.mark.parametrize("method", ["subspace", "krylov"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_rule_gives_orthonormal_vectors_and_true_residuals(method, dtype):
+    M, lam, _ = psd(120, decay=0.9)
+    r = solve(M, 6, (50, 50, 20), dtype=dtype, method=method, n_oversamples=6, n_power_iter=1, tol=1e-5,
+              max_power_iter=40)
+    V = r.eigenvectors.compute().astype(np.float64)
+    eps = 1e-10 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(V.T @ V, np.eye(6), atol=20 * eps)
+    true = np.linalg.norm(M @ V - V * r.eigenvalues, axis=0) / r.eigenvalues
+    np.testing.assert_allclose(r.ritz_residuals, true, rtol=1e-3, atol=50 * eps)
+    assert r.converged and r.ritz_residuals.max() < 0.05
+    np.testing.assert_allclose(r.eigenvalues, lam[:6], rtol=1e-3)
+
+
+def test_the_default_least_passes_are_lowered_to_the_cap():
+    M, _, _ = psd(60)
+    r = solve(M, 5, (20, 20, 20), n_power_iter=None, tol=1e-12, max_power_iter=1)
+    assert r.n_power_iter == 1 and r.converged is False
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(tol=-1e-3), "'tol' parameter"),
+        (dict(tol=1.0), "'tol' parameter"),
+        (dict(tol="1e-3"), "'tol' parameter"),
+        (dict(tol=True), "'tol' parameter"),
+        (dict(max_power_iter=-1), "'max_power_iter' parameter"),
+        (dict(max_power_iter=2.0), "'max_power_iter' parameter"),
+        (dict(tol=1e-3, n_power_iter=5, max_power_iter=4), "must not exceed 'max_power_iter'"),
+    ],
+)
+def test_rule_parameter_validation(kw, match):
+    with pytest.raises(ParameterError, match=match) as err:
+        randomized_eigh(lambda Q: Q, 20, 3, row_chunks=(10, 10), dtype=np.float64, **kw)
+    assert "\n" not in str(err.value)
+
+
+def test_one_process_evaluation_eigensolve_takes_the_rule():
+    from edlae_dask.evaluation.dense import eigensolve
+
+    M, lam = gapped(100, 3, 0.5)
+    r = eigensolve(lambda Q: M @ Q, 100, 3, np.float64, n_oversamples=5, n_power_iter=1, tol=1e-8,
+                   max_power_iter=50)
+    assert r.converged and r.n_power_iter > 1
+    np.testing.assert_allclose(r.eigenvalues, lam[:3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["dense", "scalable"])
+def test_the_training_stage_info_reports_passes_and_convergence(tmp_path, path):
+    from edlae_dask.config import TrainParams
+    from edlae_dask.io.factors import open_factors
+    from edlae_dask.io.interactions import write_interactions
+    from edlae_dask.pipeline import train
+
+    from conftest import clustered_interactions
+
+    store = write_interactions(tmp_path / "x.zarr", clustered_interactions(n_users=300, n_items=50, seed=3),
+                               shard_size=100)
+    base = dict(k=4, lam=4.0, p=0.2, dtype="float64", path=path, neighbors=10, block_size=16, n_oversamples=4)
+    done = train(store, params=TrainParams(**base, n_power_iter=1, eig_tol=1e-6, max_power_iter=40))
+    info = done.stages["eigensolve"]["detail"]
+    assert info["converged"] is True and 1 <= info["n_power_iter"] < 40 and info["ritz_sum_change"] < 1e-6
+    assert done.eigensolver["converged"] is True and done.eigensolver["n_power_iter"] == info["n_power_iter"]
+    capped = train(store, params=TrainParams(**base, n_power_iter=0, eig_tol=1e-15, max_power_iter=1))
+    info = capped.stages["eigensolve"]["detail"]
+    assert info["converged"] is False and info["n_power_iter"] == 1
+    fixed = train(store, params=TrainParams(**base, n_power_iter=2, eig_tol=0.0), out=tmp_path / "f")
+    info = fixed.stages["eigensolve"]["detail"]
+    assert info["converged"] is None and info["n_power_iter"] == 2 and info["ritz_sum_change"] is None
+    published = open_factors(tmp_path / "f").meta
+    assert published["eigensolver"]["converged"] is None
+    assert published["stages"]["eigensolve"]["detail"]["n_power_iter"] == 2
+
+
+@pytest.mark.parametrize("method", ["subspace", "krylov"])
+def test_a_rule_met_at_the_least_passes_gives_the_fixed_solve(method):
+    M, _, _ = psd(120, decay=0.9)
+    fixed = solve(M, 6, (50, 70), method=method, n_oversamples=6, n_power_iter=4)
+    rule = solve(M, 6, (50, 70), method=method, n_oversamples=6, n_power_iter=4, tol=0.5, max_power_iter=9)
+    assert rule.converged and rule.n_power_iter == 4 and rule.n_matvecs == fixed.n_matvecs
+    np.testing.assert_allclose(rule.eigenvalues, fixed.eigenvalues, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(rule.eigenvectors.compute().T @ fixed.eigenvectors.compute()), np.eye(6),
+                               atol=1e-6)

@@ -104,11 +104,15 @@ def run_dense(store, params, ctx):
             n_oversamples=params.n_oversamples,
             n_power_iter=params.n_power_iter,
             seed=params.seed,
+            tol=params.eig_tol,
+            max_power_iter=params.max_power_iter,
         )
         info.update(
             n_matvecs=eig.n_matvecs,
             n_oversamples=eig.n_oversamples,
             n_power_iter=eig.n_power_iter,
+            converged=eig.converged,
+            ritz_sum_change=eig.ritz_sum_change,
             ritz_residual_max=float(np.max(eig.ritz_residuals)),
             ritz_residual_median=float(np.median(eig.ritz_residuals)),
         )

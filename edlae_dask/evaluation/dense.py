@@ -283,11 +283,13 @@ def as_dask(x: np.ndarray, chunks, name: str) -> da.Array:
     return da.Array(graph, name, chunks=chunks, dtype=x.dtype)
 
 
-def eigensolve(apply, n: int, k: int, dtype, *, n_oversamples=None, n_power_iter=None, seed: int = 0):
+def eigensolve(apply, n: int, k: int, dtype, *, n_oversamples=None, n_power_iter=None, seed: int = 0,
+               tol: float | None = None, max_power_iter: int | None = None):
     """:func:`~edlae_dask.linalg.randomized_eigh` of a numpy operator, in one row block.
 
     The same solver, test matrix and settings as the Dask backend (so the two backends
-    agree to rounding); ``apply`` maps an (n, l) ndarray to ``M·Q``.
+    agree to rounding); ``apply`` maps an (n, l) ndarray to ``M·Q``. ``tol`` and
+    ``max_power_iter``: the convergence rule (default off: ``n_power_iter`` passes).
     """
     import dask
 
@@ -301,4 +303,4 @@ def eigensolve(apply, n: int, k: int, dtype, *, n_oversamples=None, n_power_iter
 
     with dask.config.set(scheduler="threads"):
         return randomized_eigh(apply_m, n, k, row_chunks=(n,), dtype=dtype, n_oversamples=n_oversamples,
-                               n_power_iter=n_power_iter, seed=seed)
+                               n_power_iter=n_power_iter, seed=seed, tol=tol, max_power_iter=max_power_iter)

@@ -11,6 +11,11 @@ itself is never formed here: the caller passes ``apply_m`` (e.g.
   full re-orthogonalization (block Lanczos), and Rayleigh–Ritz on all of it.
   For the same Rayleigh–Ritz dimension it applies ``M`` to ``q + 1`` times fewer
   columns.
+
+Both run a fixed number of passes (``n_power_iter``), or, with ``tol``, at least that many
+and then until the sum of the top-k Ritz values changes by less than ``tol`` (relatively)
+between two passes, at most ``max_power_iter`` (:func:`randomized_eigh`, Notes, for what a
+check costs; the measured defaults of training are in benchmarks/results/convergence.md).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "default_n_oversamples",
     "default_n_power_iter",
     "DEFAULT_N_POWER_ITER",
+    "DEFAULT_MAX_POWER_ITER",
     "EIGEN_METHODS",
 ]
 
@@ -53,6 +59,9 @@ EIGEN_METHODS = ("subspace", "krylov")
 
 #: Power iterations of the subspace method.
 DEFAULT_N_POWER_ITER = 3
+
+#: Most power iterations under a convergence rule (``tol``) when none is given.
+DEFAULT_MAX_POWER_ITER = 20
 
 #: Least oversampling of the subspace method (l = 2k alone fails at small k, where the top
 #: eigenvalues are not separated).
@@ -141,6 +150,15 @@ class EighResult:
 
     n_matvec_columns : int
         Matrix–vector products in all: ``n_matvecs · block_size``.
+
+    converged : bool or None
+        Whether the convergence rule stopped the solve (the relative change of the top-k
+        Ritz value sum fell below ``tol``); ``False`` if the pass cap stopped it; ``None``
+        when no rule was asked for (a fixed number of passes).
+
+    ritz_sum_change : float or None
+        ``|s_q − s_{q−1}| / |s_q|`` of the top-k Ritz value sums s of the last two passes;
+        None when fewer than two were formed (always, without a rule).
     """
 
     eigenvalues: np.ndarray
@@ -153,6 +171,8 @@ class EighResult:
     method: str = "subspace"
     block_size: int = 0
     n_matvec_columns: int = 0
+    converged: bool | None = None
+    ritz_sum_change: float | None = None
 
 
 # --------------------------------------------------------------------------- block kernels
@@ -211,6 +231,12 @@ def _k_times_chain(y: np.ndarray, *mats: np.ndarray) -> np.ndarray:
 
 def _k_gram_of_chain(y: np.ndarray, *mats: np.ndarray) -> np.ndarray:
     return _k_gram(_k_times_chain(y, *mats), None)
+
+
+def _k_gram_pair(q: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``[qᵀq; qᵀz]`` in float64: the two l × l Grams of a generalized Rayleigh–Ritz step, one read of the block."""
+    q64 = q.astype(np.float64)
+    return np.concatenate([q64.T @ q64, q64.T @ z.astype(np.float64)], axis=0)
 
 
 def _k_sum(*parts: np.ndarray) -> np.ndarray:
@@ -376,9 +402,26 @@ def _orthonormalize(Y: da.Array, twice: bool = True, also=()) -> tuple:
     return (Q, np.asarray(R, dtype=np.float64), *(np.asarray(x, dtype=np.float64) for x in rest))
 
 
-def _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method):
+def _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method, tol=None, max_power_iter=None):
     def bad_int(x):
         return isinstance(x, bool) or not isinstance(x, (int, np.integer))
+
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer))
+                            or not 0 <= tol < 1):
+        raise ParameterError(
+            f"The 'tol' parameter of randomized_eigh must be a float in [0, 1) or None (0 or None: a fixed "
+            f"number of passes). Got {tol!r} instead."
+        )
+    if max_power_iter is not None and (bad_int(max_power_iter) or max_power_iter < 0):
+        raise ParameterError(
+            f"The 'max_power_iter' parameter of randomized_eigh must be an int >= 0 or None. "
+            f"Got {max_power_iter!r} instead."
+        )
+    if tol and max_power_iter is not None and n_power_iter is not None and n_power_iter > max_power_iter:
+        raise ParameterError(
+            f"The 'n_power_iter' parameter of randomized_eigh ({n_power_iter}, the least passes under 'tol') must "
+            f"not exceed 'max_power_iter' ({max_power_iter}). Lower n_power_iter or raise max_power_iter."
+        )
 
     if bad_int(n) or n < 1:
         raise ParameterError(f"The 'n' parameter of randomized_eigh must be a positive int. Got {n!r} instead.")
@@ -432,6 +475,8 @@ def randomized_eigh(
     log: Callable[[str], object] | None = None,
     method: str | None = None,
     monitor: Callable[[dict], object] | None = None,
+    tol: float | None = None,
+    max_power_iter: int | None = None,
 ) -> EighResult:
     """Top-``k`` eigenpairs of a symmetric positive semi-definite operator.
 
@@ -464,7 +509,22 @@ def randomized_eigh(
         ``"subspace"``: iterations after the first range sketch (each
         re-orthonormalized by CholeskyQR2, :func:`_orthonormalize`). ``"krylov"``:
         Krylov blocks beyond the first (the basis spans ``MΩ … M^{q+1}Ω``). ``None``
-        uses :func:`default_n_power_iter`.
+        uses :func:`default_n_power_iter`. Without ``tol`` exactly this many; with
+        ``tol``, the least number of them (the rule is checked from there on).
+
+    tol : float or None, default=None
+        Convergence rule: after each pass from ``n_power_iter`` on, stop when the
+        relative change of the sum of the top-k Ritz values between the last two
+        passes, ``|s_q − s_{q−1}| / |s_q|``, is below ``tol``. ``None`` or 0: no rule,
+        exactly ``n_power_iter`` passes (the solver as it was before the rule). See
+        Notes for what the rule costs per pass.
+
+    max_power_iter : int or None, default=None
+        With ``tol``: the most power iterations (``"krylov"``: blocks beyond the first,
+        so also the most memory, ``(max_power_iter + 1)·b`` columns of basis); the
+        solve stops there converged or not (``EighResult.converged`` says which).
+        ``None``: :data:`DEFAULT_MAX_POWER_ITER`. A default ``n_power_iter`` above it is
+        lowered to it; a given one above it is an error.
 
     seed : int, default=0
         Seed of the Gaussian test matrix. It is generated in fixed pages of rows,
@@ -497,8 +557,8 @@ def randomized_eigh(
     ------
     ParameterError
         For k outside (0, n), row chunks that do not sum to n, a dtype other than
-        float32/float64, a negative n_oversamples / n_power_iter / seed, or an
-        unknown method.
+        float32/float64, a negative n_oversamples / n_power_iter / max_power_iter / seed,
+        a tol outside [0, 1), n_power_iter > max_power_iter under tol, or an unknown method.
     ModelFitError
         If the small projected matrix has non-finite entries (``M·Q`` produced
         NaN or inf).
@@ -524,6 +584,27 @@ def randomized_eigh(
     loss of orthogonality. ``(q + 2)·b`` columns pass through ``M`` against
     ``(q + 2)·l`` for the subspace method with the same l and q.
 
+    The convergence rule (``tol``). ``"subspace"``: after each pass, the Ritz values of
+    the current basis Q come from ``S = [QᵀQ; QᵀMQ]`` (one (2l × l) float64 sum over the
+    row blocks of the panels Q and ``Z = M Q`` that the pass forms anyway, no further
+    application of ``M``) by the generalized l × l problem ``QᵀMQ w = θ QᵀQ w`` on the
+    client, so a basis orthonormalized by one CholeskyQR step suffices; the last
+    basis' Rayleigh–Ritz step is the same generalized problem (V = Q·R_G⁻¹·W, R_G the
+    Cholesky factor of QᵀQ), with the residuals from ``Z``. Per pass that is ``3 n l²``
+    flops more than the fixed-pass solve and one more round trip to the scheduler,
+    and ``Z`` is held as a panel (the fixed-pass solve fuses it into the next QR):
+    two n × l panels at a time, as before. ``"krylov"``: the Ritz values of the basis
+    so far come from the T it already assembles (no work on the panels); each check is
+    a float64 eigenvalue problem of the basis' dimension on the client, from block
+    ``n_power_iter`` on (the one before: eigenvalues only). From ``n_power_iter + 1``
+    blocks on a check is the Rayleigh–Ritz step itself, reused when the solve stops
+    there, so a solve that stops at its least passes pays one eigenvalues-only problem of
+    ``n_power_iter·b`` dimensions more than the fixed-pass solve; the residual Gram of
+    the last block is ``RᵀR`` of the next block's orthonormalization (computed anyway,
+    unused at the end: b more columns of QR).
+    Each pass past ``n_power_iter`` costs one more application of ``M`` (subspace: to
+    l columns; Krylov: to b columns, and b more columns of basis held).
+
     Cost and memory: ``n_power_iter + 2`` applications of ``M`` to an (n, b) panel
     (b = l for ``"subspace"``), plus ``O(n l²)`` flops per pass for
     orthonormalization; the persisted panels are ``Q`` and ``M Q`` (subspace: 2 of
@@ -540,12 +621,19 @@ def randomized_eigh(
     approximate singular value decomposition", NeurIPS 2015.
     """
     t0 = time.perf_counter()
-    row_chunks, dtype = _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method)
+    row_chunks, dtype = _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method, tol,
+                                  max_power_iter)
     method = default_method(k) if method is None else method
     if n_oversamples is None:
         n_oversamples = default_n_oversamples(k, method, n)
+    tol = float(tol) if tol else None
+    q_max = None
+    if tol is not None:
+        q_max = DEFAULT_MAX_POWER_ITER if max_power_iter is None else int(max_power_iter)
     if n_power_iter is None:
         n_power_iter = default_n_power_iter(k, method, n)
+        if q_max is not None:
+            n_power_iter = min(n_power_iter, q_max)
     n_oversamples, n_power_iter, seed = int(n_oversamples), int(n_power_iter), int(seed)
     l = min(k + n_oversamples, n)
     emit = log if log is not None else logger.info
@@ -560,12 +648,17 @@ def randomized_eigh(
         f"randomized_eigh: n={n}, k={k}, method={method}, "
         + (f"l={l} (n_oversamples={l - k})" if method == "subspace" else
            f"block {b} x {n_blocks} blocks = {b * n_blocks} dims (n_oversamples={b * n_blocks - k})")
-        + f", n_power_iter={n_power_iter if method == 'subspace' else n_blocks - 1}, dtype={dtype}, "
-        f"{len(row_chunks)} row blocks"
+        + f", n_power_iter={n_power_iter if method == 'subspace' else n_blocks - 1}"
+        + ("" if tol is None else f" (at least; at most {q_max} until the top-{k} Ritz sum changes < {tol:g})")
+        + f", dtype={dtype}, {len(row_chunks)} row blocks"
     )
     if method == "krylov":
-        return solver.krylov(b, n_blocks, seed)
-    return solver.subspace(l, n_power_iter, seed)
+        if tol is None:
+            return solver.krylov(b, n_blocks, seed)
+        return solver.krylov_converging(b, n_blocks, max(n_blocks, min(q_max + 1, n // b)), tol, seed)
+    if tol is None:
+        return solver.subspace(l, n_power_iter, seed)
+    return solver.subspace_converging(l, n_power_iter, q_max, tol, seed)
 
 
 class _Solver:
@@ -602,12 +695,16 @@ class _Solver:
             seconds=time.perf_counter() - self.t0 - self.monitor_seconds,
         ))
 
-    def top_k(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def check_finite(T: np.ndarray) -> None:
         if not np.isfinite(T).all():
             raise ModelFitError(
                 "randomized_eigh: Qᵀ·M·Q has NaN or inf entries; apply_m produced non-finite "
                 "values (check M, e.g. C = P⁻¹ for an ill-conditioned P)."
             )
+
+    def top_k(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.check_finite(T)
         T = 0.5 * (T + T.T)
         # numpy's eigh (LAPACK syevd, every pair), not scipy.linalg.eigh: scipy's LAPACK wrappers hold
         # the GIL, and on the client of an embedded LocalCluster that stops the scheduler's event loop
@@ -664,7 +761,120 @@ class _Solver:
         self.report(l, self.n_matvecs * l, theta, 0.0)
         return self.result(theta, V, res_norm, l - k, n_power_iter, "subspace", l)
 
+    def ritz_generalized(self, S: np.ndarray, l: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k θ and coefficients C (V = Q·C, VᵀV = I) of ``QᵀMQ w = θ QᵀQ w`` from ``S = [QᵀQ; QᵀMQ]``."""
+        self.check_finite(S)
+        try:
+            Rinv = _k_inverse_upper(_k_cholesky_upper(S[:l]), np.float64)
+        except np.linalg.LinAlgError:  # a rank-deficient basis: take it as orthonormal (TSQR made it so)
+            Rinv = np.eye(l)
+        theta, W = self.top_k(Rinv.T @ S[l:] @ Rinv)
+        return theta, Rinv @ W
+
+    def subspace_converging(self, l: int, q_min: int, q_max: int, tol: float, seed: int) -> EighResult:
+        """Subspace iteration under the convergence rule (see :func:`randomized_eigh`, Notes)."""
+        k, emit, dtype = self.k, self.emit, self.dtype
+        tp = time.perf_counter()
+        Q, _ = _orthonormalize(self.apply(_gaussian(l, self.row_chunks, dtype, seed), persist=False), twice=False)
+        emit(f"randomized_eigh: pass 1 (range sketch) [{time.perf_counter() - tp:.2f} s]")
+        prev, change, converged, q = None, float("nan"), False, 0
+        while True:
+            tp = time.perf_counter()
+            # Z = M·Q and the Grams [QᵀQ; QᵀZ] of the generalized Rayleigh–Ritz step: one graph
+            Z = self.apply(Q, persist=False)
+            Z, S = graph.persist([Z, _rowsum(_k_gram_pair, [Q, Z], [], (2 * l, l))], wait=False)
+            theta, C = self.ritz_generalized(np.asarray(S.compute(), dtype=np.float64), l)
+            del S
+            est = float(np.sum(theta))
+            if prev is not None:
+                change = abs(est - prev) / max(abs(est), 1e-300)
+                converged = change < tol
+            emit(
+                f"randomized_eigh: pass {q + 2} (power iteration {q}): sum of top-{k} Ritz values = {est:.8g}"
+                + ("" if prev is None else f", rel. change {change:.2e} (tol {tol:g})")
+                + f" [{time.perf_counter() - tp:.2f} s]"
+            )
+            self.report(l, self.n_matvecs * l, theta, 0.0)
+            if (converged and q >= q_min) or q >= q_max:
+                break
+            prev = est
+            Q = None  # released before the next basis is formed: Z and the new Q, two (n, l) panels
+            Q, _ = _orthonormalize(Z, twice=False)
+            Z = None
+            q += 1
+        tp = time.perf_counter()
+        Ck = C.astype(dtype)
+        V0 = graph.persist(Q @ Ck, wait=False)
+        resid = da.sqrt(((Z @ Ck - V0 * theta.astype(dtype)) ** 2).sum(axis=0))
+        res_norm = np.asarray(resid.compute(), dtype=np.float64)
+        Q = Z = None
+        V = self.finish(V0, theta, res_norm, tp)
+        self.log_rule(converged, q, change, tol)
+        return self.result(theta, V, res_norm, l - k, q, "subspace", l, converged, change)
+
+    def log_rule(self, converged: bool, q: int, change: float, tol: float) -> None:
+        self.emit(f"randomized_eigh: {'converged' if converged else 'NOT converged'} after {q} power iterations "
+                  f"(top-{self.k} Ritz sum rel. change {change:.2e}, tol {tol:g})")
+
     # ------------------------------------------------------------------ block Krylov
+
+    def krylov_converging(self, b: int, min_blocks: int, max_blocks: int, tol: float, seed: int) -> EighResult:
+        """Block Krylov under the convergence rule: blocks are added until the Ritz sum settles (at most
+        ``max_blocks``); the residual Gram of the last block is ``RᵀR`` of the next block's QR."""
+        k, emit = self.k, self.emit
+        tp = time.perf_counter()
+        Q, _ = _orthonormalize(self.apply(_gaussian(b, self.row_chunks, self.dtype, seed), persist=False))
+        emit(f"randomized_eigh: pass 1 (block 1 of {b} columns) [{time.perf_counter() - tp:.2f} s]")
+        basis, columns = [Q], []
+        prev, change, converged = None, float("nan"), False
+        while True:
+            tp = time.perf_counter()
+            j = len(basis) - 1
+            W = self.apply(basis[j], persist=False)
+            H = _rowsum(_k_gram_basis, [*basis, W], [], (b * (j + 1), b), as_list=True)
+            W1 = _rowwise(_k_project_out, [*basis, W], [H], b, self.dtype, "edlae-proj-", as_list=True)
+            H2 = _rowsum(_k_gram_basis_working, [*basis, W1], [], (b * (j + 1), b), as_list=True)
+            W2 = _rowwise(_k_project_out, [*basis, W1], [H2], b, self.dtype, "edlae-proj-", as_list=True)
+            Qn, R, H = _orthonormalize(W2, also=(H,))
+            del W, W1, W2, H2
+            columns.append(H)
+            n_blocks, dim = j + 1, b * (j + 1)
+            est = ritz = None
+            if dim >= k and n_blocks >= min_blocks:
+                # the Rayleigh–Ritz step itself (eigenvectors too): reused if the solve stops here
+                ritz = self.top_k(_assemble(columns, b))
+                est = float(np.sum(ritz[0]))
+            elif dim >= k and (n_blocks == min_blocks - 1 or self.monitor is not None):
+                T = _assemble(columns, b)
+                self.check_finite(T)
+                est = float(np.sum(np.linalg.eigvalsh(0.5 * (T + T.T))[::-1][:k]))
+            if est is not None:
+                if prev is not None:
+                    change = abs(est - prev) / max(abs(est), 1e-300)
+                    converged = change < tol
+                prev = est
+            self.report(dim, self.n_matvecs * b, None if est is None else np.array([est]), 0.0)
+            emit(
+                f"randomized_eigh: pass {j + 2} (Krylov block {j + 1} applied): {dim} dims"
+                + ("" if est is None else f", sum of top-{k} Ritz values = {est:.8g}")
+                + ("" if est is None or np.isnan(change) else f", rel. change {change:.2e} (tol {tol:g})")
+                + f" [{time.perf_counter() - tp:.2f} s]"
+            )
+            if (converged and n_blocks >= min_blocks) or n_blocks >= max_blocks:
+                break
+            basis.append(Qn)
+        # the residual Gram: (I − QQᵀ)·M·Q_last = Qn·R, so its Gram is RᵀR
+        F = R.T @ R
+        tp = time.perf_counter()
+        theta, Wt = ritz if ritz is not None else self.top_k(_assemble(columns, b))
+        w_last = Wt[-b:]
+        res_norm = np.sqrt(np.maximum(np.einsum("ij,ij->j", w_last, F @ w_last), 0.0))
+        V0 = graph.persist(_rowwise(_k_combine, basis, _small([Wt]), k, self.dtype, "edlae-ritz-"), wait=False)
+        basis = Q = Qn = None
+        V = self.finish(V0, theta, res_norm, tp)
+        del V0
+        self.log_rule(converged, n_blocks - 1, change, tol)
+        return self.result(theta, V, res_norm, b * n_blocks - k, n_blocks - 1, "krylov", b, converged, change)
 
     def krylov(self, b: int, n_blocks: int, seed: int) -> EighResult:
         k, emit = self.k, self.emit
@@ -742,7 +952,8 @@ class _Solver:
         )
         return V
 
-    def result(self, theta, V, res_norm, n_oversamples, n_power_iter, method, block) -> EighResult:
+    def result(self, theta, V, res_norm, n_oversamples, n_power_iter, method, block, converged=None,
+               change=float("nan")) -> EighResult:
         return EighResult(
             eigenvalues=theta,
             eigenvectors=V,
@@ -754,6 +965,8 @@ class _Solver:
             method=method,
             block_size=block,
             n_matvec_columns=self.n_matvecs * block,
+            converged=converged,
+            ritz_sum_change=None if np.isnan(change) else float(change),
         )
 
 

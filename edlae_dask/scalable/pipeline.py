@@ -361,20 +361,23 @@ def teacher_stage(loaded: Loaded, nbrs: Neighbors, lam: float, p: float, ctx) ->
 
 
 def student_stage(loaded: Loaded, teacher: Teacher, k: int, ctx, *, n_oversamples=None, n_power_iter=None,
-                  seed: int = 0) -> tuple:
+                  seed: int = 0, tol: float | None = None, max_power_iter: int | None = None) -> tuple:
     """Stage ``eigensolve``: V = eig_k(BᵀPB) matrix-free (:class:`StudentOperator`), then U = B·V (eq. 16–17).
 
-    Returns (U, V, eig): U and V persisted dask arrays of shape (n, k), chunked by ``loaded.chunks``, and
-    the :class:`edlae_dask.linalg.EighResult`. The leading k' columns are the rank-k' solution of the same
-    subspace. Cost 5 · 2(nnz(B) + nnz(X))·l flops (l = 2k by default); three n × l panels broadcast per product.
+    ``tol``, ``max_power_iter``: the eigensolver's convergence rule (:func:`edlae_dask.linalg.randomized_eigh`;
+    None: a fixed ``n_power_iter`` passes). Returns (U, V, eig): U and V persisted dask arrays of shape (n, k),
+    chunked by ``loaded.chunks``, and the :class:`edlae_dask.linalg.EighResult`. The leading k' columns are
+    the rank-k' solution of the same subspace. Cost 5 · 2(nnz(B) + nnz(X))·l flops (l = 2k by default); three
+    n × l panels broadcast per product.
     """
     n, dtype, chunks = loaded.n_items, loaded.dtype, loaded.chunks
     operator = StudentOperator(b_rows=teacher.b_rows, bt_rows=teacher.bt_rows, xt_shards=loaded.xt,
                                lam=teacher.lam_diag, row_chunks=chunks, dtype=dtype)
     with ctx.stages.stage("eigensolve", f"top-{k} eigenvectors of BᵀPB, matrix-free") as info:
         eig = randomized_eigh(operator, n, k, row_chunks=chunks, dtype=dtype, n_oversamples=n_oversamples,
-                              n_power_iter=n_power_iter, seed=seed)
+                              n_power_iter=n_power_iter, seed=seed, tol=tol, max_power_iter=max_power_iter)
         info.update(n_matvecs=eig.n_matvecs, n_oversamples=eig.n_oversamples, n_power_iter=eig.n_power_iter,
+                    converged=eig.converged, ritz_sum_change=eig.ritz_sum_change,
                     ritz_residual_max=float(np.max(eig.ritz_residuals)))
     V = eig.eigenvectors
     U = ctx.persist(operator.factors_u(V))
@@ -397,7 +400,8 @@ def run_scalable(store, params, ctx) -> PathResult:
     teacher = teacher_stage(loaded, nbrs, params.lam, params.p, ctx)
     del nbrs
     U, V, eig = student_stage(loaded, teacher, params.k, ctx, n_oversamples=params.n_oversamples,
-                              n_power_iter=params.n_power_iter, seed=params.seed)
+                              n_power_iter=params.n_power_iter, seed=params.seed, tol=params.eig_tol,
+                              max_power_iter=params.max_power_iter)
     return PathResult(U=U, V=V, eig=eig,
                       info=dict(neighbors=min(int(params.neighbors), loaded.n_items - 1),
                                 neighbor_score=params.neighbor_score, row_blocks=len(loaded.chunks)))
