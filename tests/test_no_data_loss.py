@@ -170,7 +170,8 @@ def test_evaluate_with_overwrite_replaces_the_report_whole(tmp_path, store):
     report.write_text('{"mine": true}')
     r = _run("evaluate", "--interactions", store, *EVALUATE, "--out", report, "--overwrite")
     assert r.exit_code == 0, r.output
-    assert json.loads(report.read_text())["rows"][0]["model"] == "edlae"
+    rows = json.loads(report.read_text())["rows"]
+    assert [r["model"] for r in rows][:2] == ["popularity", "edlae"]  # the baseline row first, then the model
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".eval.json")) == []  # no temporary
 
 
