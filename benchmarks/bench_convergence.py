@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import time
@@ -36,21 +35,16 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_table1 import machine_info  # noqa: E402
+
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 
 def _machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """bench_table1's machine record, with the load when this run started (the machine is shared)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_1min_at_start": round(load, 2)}
+    return {**machine_info(), "load_average_1min_at_start": round(load, 2)}
 
 
 def _prepare(args):
@@ -223,7 +217,7 @@ def main() -> None:
 
 def _report(args, head, rows, machine, split, cap, overhead) -> None:
     lines = [f"# Eigensolver convergence rule: {args.dataset}", "", head + f"; K={args.neighbors} (scalable). "
-             f"Machine: {machine['cpu']}, {machine['cores']} cores, shared (1-min load "
+             f"Machine: {machine['cpu_model']}, {machine['cores']} cores, shared (1-min load "
              f"{machine['load_average_1min_at_start']} at the start: seconds are indicative).", "",
              "`q=N`: N power iterations, no rule (`--eig-tol 0 --power-iters N`); `tol=t`: the rule at t with the "
              f"default least passes (3 subspace) and cap {cap}. Δ Ritz sum: relative change of the top-k Ritz value "

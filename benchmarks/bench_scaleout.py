@@ -20,24 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_table1 import machine_info  # noqa: E402
+
 GiB = 2**30
 
 
 NOTE = ("Peaks: each worker's resident memory, sampled every 0.2 s, above that worker's idle resident memory "
         "(measured after importing the library there). Resident memory does not fall back when a stage frees "
         "arrays, so a stage's peak includes what the allocator kept from the stages before it.")
-
-
-def _machine() -> dict:
-    import psutil
-
-    return {"cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / GiB, 1),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def _rss() -> int:
@@ -142,7 +138,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     out = HERE / "results" / f"scaleout-{args.path}"
-    out.with_suffix(".json").write_text(json.dumps({"runs": runs, "machine": _machine(),
+    out.with_suffix(".json").write_text(json.dumps({"runs": runs, "machine": machine_info(),
                                                     "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
     out.with_suffix(".md").write_text(table + "\n")
     try:

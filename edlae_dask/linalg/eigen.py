@@ -406,17 +406,19 @@ def _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method
     def bad_int(x):
         return isinstance(x, bool) or not isinstance(x, (int, np.integer))
 
+    def check_count(name, x):
+        if x is not None and (bad_int(x) or x < 0):
+            raise ParameterError(
+                f"The {name!r} parameter of randomized_eigh must be an int >= 0 or None. Got {x!r} instead."
+            )
+
     if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer))
                             or not 0 <= tol < 1):
         raise ParameterError(
             f"The 'tol' parameter of randomized_eigh must be a float in [0, 1) or None (0 or None: a fixed "
             f"number of passes). Got {tol!r} instead."
         )
-    if max_power_iter is not None and (bad_int(max_power_iter) or max_power_iter < 0):
-        raise ParameterError(
-            f"The 'max_power_iter' parameter of randomized_eigh must be an int >= 0 or None. "
-            f"Got {max_power_iter!r} instead."
-        )
+    check_count("max_power_iter", max_power_iter)
     if tol and max_power_iter is not None and n_power_iter is not None and n_power_iter > max_power_iter:
         raise ParameterError(
             f"The 'n_power_iter' parameter of randomized_eigh ({n_power_iter}, the least passes under 'tol') must "
@@ -442,16 +444,8 @@ def _validate(n, k, row_chunks, dtype, n_oversamples, n_power_iter, seed, method
             f"summing to n = {n}. Got {row_chunks!r} (sum {sum(row_chunks)})."
         )
     dtype = K.check_float_dtype(dtype, "dtype")
-    if n_oversamples is not None and (bad_int(n_oversamples) or n_oversamples < 0):
-        raise ParameterError(
-            f"The 'n_oversamples' parameter of randomized_eigh must be an int >= 0 or None. "
-            f"Got {n_oversamples!r} instead."
-        )
-    if n_power_iter is not None and (bad_int(n_power_iter) or n_power_iter < 0):
-        raise ParameterError(
-            f"The 'n_power_iter' parameter of randomized_eigh must be an int >= 0 or None. "
-            f"Got {n_power_iter!r} instead."
-        )
+    check_count("n_oversamples", n_oversamples)
+    check_count("n_power_iter", n_power_iter)
     if bad_int(seed) or seed < 0:
         raise ParameterError(f"The 'seed' parameter of randomized_eigh must be an int >= 0. Got {seed!r} instead.")
     if method is not None and method not in EIGEN_METHODS:
